@@ -1,0 +1,2 @@
+"""opencann: an open Compute Architecture for Neural Networks."""
+__version__ = "0.1.0"

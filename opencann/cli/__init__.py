@@ -1,0 +1,1 @@
+"""opencann command line."""

@@ -1,0 +1,67 @@
+"""IR → ONNX: export a Graph as a ModelProto that ``onnx.checker`` accepts."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from opencann.compiler import dtypes
+from opencann.compiler.ir import Graph, OptionalType, SequenceType, TensorType, Value, ValueType
+
+
+def export_model(graph: Graph, ir_version: int | None = None) -> onnx.ModelProto:
+    """The ModelProto of ``graph`` with its opset imports."""
+    opsets = [helper.make_opsetid(d, v) for d, v in sorted(graph.opsets.items())]
+    model = helper.make_model(export_graph(graph), opset_imports=opsets, producer_name="opencann")
+    model.ir_version = ir_version or min(model.ir_version, onnx.IR_VERSION)
+    return model
+
+
+def export_graph(graph: Graph) -> onnx.GraphProto:
+    nodes = [helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
+                              [v.name for v in n.outputs], name=n.name, domain=n.domain,
+                              **{k: _attr(v) for k, v in n.attrs.items()})
+             for n in graph.nodes]
+    inner = [v for n in graph.nodes for v in n.outputs if v.name and v.type is not None]
+    return helper.make_graph(
+        nodes, graph.name,
+        inputs=[_value_info(v) for v in graph.inputs],
+        outputs=[_value_info(v) for v in graph.outputs],
+        initializer=[_tensor(v.const, v.name) for v in graph.initializers],
+        value_info=[_value_info(v) for v in inner if v not in graph.outputs])
+
+
+def _tensor(arr: np.ndarray, name: str = "") -> onnx.TensorProto:
+    if arr.dtype == object:
+        return helper.make_tensor(name, onnx.TensorProto.STRING, arr.shape,
+                                  [str(x).encode() for x in arr.reshape(-1)])
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, Graph):
+        return export_graph(v)
+    if isinstance(v, np.ndarray):
+        return _tensor(v)
+    if isinstance(v, (TensorType, SequenceType, OptionalType)):
+        return _type_proto(v)
+    if isinstance(v, list) and v and isinstance(v[0], (Graph, np.ndarray)):
+        return [_attr(x) for x in v]
+    return v
+
+
+def _type_proto(t: ValueType | None) -> onnx.TypeProto:
+    if isinstance(t, SequenceType):
+        return helper.make_sequence_type_proto(_type_proto(t.elem))
+    if isinstance(t, OptionalType):
+        return helper.make_optional_type_proto(_type_proto(t.elem))
+    if t is None:
+        return onnx.TypeProto()
+    shape = None if t.shape is None else [d if d is not None else "" for d in t.shape]
+    return helper.make_tensor_type_proto(dtypes.to_onnx(t.dtype), shape)
+
+
+def _value_info(v: Value) -> onnx.ValueInfoProto:
+    return helper.make_value_info(v.name, _type_proto(v.type))

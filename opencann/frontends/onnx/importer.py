@@ -1,0 +1,170 @@
+"""ONNX → IR: read a model (file, bytes or ModelProto) into an opencann Graph.
+
+Model-local functions are inlined; shapes the model leaves out are filled by ONNX's shape inference;
+every unsupported operator is reported at once with its node names.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper, numpy_helper
+
+from opencann.compiler import dtypes
+from opencann.compiler.ir import Graph, Node, OptionalType, SequenceType, TensorType, Value, ValueType
+from opencann.errors import AclError, ErrorCode
+
+MIN_OPSET, MAX_OPSET = 1, onnx.defs.onnx_opset_version()
+
+
+def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Read and parse an ONNX model, external data included, with errors as AclError."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    try:
+        if isinstance(source, bytes):
+            return onnx.load_from_string(source)
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise AclError(ErrorCode.INVALID_FILE, f"no such model file: {path}")
+        return onnx.load(path)
+    except AclError:
+        raise
+    except Exception as exc:
+        raise AclError(ErrorCode.PARSE_MODEL, f"cannot parse ONNX model {_where(source)}: {exc}") from None
+
+
+def _where(source: Any) -> str:
+    return f"'{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) else f"({len(source)} bytes)"
+
+
+def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shapes: bool = True) -> Graph:
+    """The IR Graph of an ONNX model, validated and ready for the compiler."""
+    model = load_model(source)
+    opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
+    version = opsets.get("", MAX_OPSET)
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        raise AclError(ErrorCode.PARSE_MODEL, f"ONNX opset {version} is not supported "
+                       f"(opencann reads opsets {MIN_OPSET}-{MAX_OPSET})")
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise AclError(ErrorCode.PARSE_MODEL, f"cannot inline model functions: {exc}") from None
+    if infer_shapes:
+        try:
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception:  # inference is a help, not a requirement: types fall back to what the file says
+            pass
+    graph = _convert_graph(model.graph, opsets)
+    graph.validate()
+    return graph
+
+
+def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str, Value] | None = None) -> Graph:
+    scope: dict[str, Value] = dict(outer or {})
+    types = {vi.name: _convert_type(vi.type) for vi in [*gp.value_info, *gp.input, *gp.output]}
+
+    def value(name: str) -> Value:
+        if name not in scope:
+            scope[name] = Value(name, types.get(name))
+        return scope[name]
+
+    inits = []
+    for t in gp.initializer:
+        v = Value(t.name, const=_tensor(t))
+        scope[t.name] = v
+        inits.append(v)
+    if len(gp.sparse_initializer):
+        raise AclError(ErrorCode.PARSE_MODEL, f"graph '{gp.name}': sparse initializers are not supported")
+    init_names = {v.name for v in inits}
+    inputs = [value(vi.name) for vi in gp.input if vi.name not in init_names]
+    nodes = []
+    for i, n in enumerate(gp.node):
+        ins = [value(x) if x else None for x in n.input]
+        outs = []
+        for x in n.output:
+            v = Value(x, types.get(x)) if x else Value("")
+            if x:
+                scope[x] = v
+            outs.append(v)
+        attrs = {a.name: _attr(a, opsets, scope, n) for a in n.attribute}
+        nodes.append(Node(n.op_type, ins, outs, attrs, name=n.name or f"{n.op_type}_{i}", domain=_domain(n.domain)))
+    outputs = [value(vi.name) for vi in gp.output]
+    return Graph(inputs=inputs, outputs=outputs, nodes=nodes, initializers=inits,
+                 name=gp.name or "graph", opsets=dict(opsets))
+
+
+def _domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+def _tensor(t: onnx.TensorProto) -> np.ndarray:
+    if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
+        raise AclError(ErrorCode.PARSE_MODEL, f"tensor '{t.name}': external data was not loaded")
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as exc:
+        raise AclError(ErrorCode.PARSE_MODEL, f"tensor '{t.name}' is malformed: {exc}") from None
+    if t.data_type == onnx.TensorProto.STRING:
+        arr = np.vectorize(lambda b: b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else b,
+                           otypes=[object])(arr) if arr.size else arr.astype(object)
+    want = dtypes.from_onnx(t.data_type)
+    return arr if arr.dtype == want else arr.astype(want)
+
+
+def _convert_type(tp: onnx.TypeProto) -> ValueType | None:
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        tt = tp.tensor_type
+        if not tt.elem_type:
+            return None
+        shape = None
+        if tt.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        return TensorType(dtypes.from_onnx(tt.elem_type), shape)
+    if kind == "sequence_type":
+        return SequenceType(_convert_type(tp.sequence_type.elem_type))
+    if kind == "optional_type":
+        return OptionalType(_convert_type(tp.optional_type.elem_type))
+    return None
+
+
+def _attr(a: AttributeProto, opsets: dict[str, int], scope: dict[str, Value], node) -> Any:
+    if a.ref_attr_name:
+        raise AclError(ErrorCode.PARSE_MODEL, f"node '{node.name}': attribute reference outside a function")
+    t = a.type
+    if t == AttributeProto.GRAPH:
+        return _convert_graph(a.g, opsets, scope)
+    if t == AttributeProto.GRAPHS:
+        return [_convert_graph(g, opsets, scope) for g in a.graphs]
+    if t == AttributeProto.TENSOR:
+        return _tensor(a.t)
+    if t == AttributeProto.TENSORS:
+        return [_tensor(x) for x in a.tensors]
+    if t == AttributeProto.TYPE_PROTO:
+        return _convert_type(a.tp)
+    if t == AttributeProto.TYPE_PROTOS:
+        return [_convert_type(x) for x in a.type_protos]
+    if t == AttributeProto.SPARSE_TENSOR:
+        return _sparse_to_dense(a.sparse_tensor)
+    value = helper.get_attribute_value(a)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if t == AttributeProto.STRINGS:
+        return [v.decode("utf-8", "surrogateescape") for v in value]
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
+    values = _tensor(sp.values)
+    idx = _tensor(sp.indices).astype(np.int64)
+    dims = tuple(sp.dims)
+    dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+    flat = idx if idx.ndim == 1 else np.ravel_multi_index(idx.T, dims)
+    if flat.size and (flat.min() < 0 or flat.max() >= dense.size):
+        raise AclError(ErrorCode.PARSE_MODEL, "sparse tensor index out of range")
+    dense[flat] = values.reshape(-1)
+    return dense.reshape(dims)
