@@ -185,10 +185,11 @@ class Graph:
         return "\n".join(_print_graph(self, ""))
 
     def to_onnx(self, ir_version: int | None = None):
-        """Export as an ``onnx.ModelProto`` (checked by ``onnx.checker``)."""
+        """Export as an ``onnx.ModelProto`` (checked by ``onnx.checker``); missing types are inferred first."""
+        from opencann.compiler.passes.shape_inference import infer_shapes
         from opencann.frontends.onnx.exporter import export_model
 
-        return export_model(self, ir_version=ir_version)
+        return export_model(infer_shapes(self), ir_version=ir_version)
 
 
 def _reads(n: Node) -> list[Value | None]:

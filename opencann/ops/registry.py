@@ -60,7 +60,7 @@ class OpDef:
         if key not in self._defaults_cache:
             schema = self.schema
             if self.domain in _ONNX_DOMAINS and schema is not None:
-                schema = _onnx_schema(self.name, key, self.domain) or schema
+                schema = onnx_schema(self.name, key, self.domain) or schema
             self._defaults_cache[key] = {k: v for k, v in _schema_defaults(schema).items() if self.accepts(k)}
         return self._defaults_cache[key]
 
@@ -72,7 +72,7 @@ def _norm_domain(domain: str) -> str:
     return "" if domain == "ai.onnx" else domain
 
 
-def _onnx_schema(name: str, since: int, domain: str):
+def onnx_schema(name: str, since: int, domain: str):
     if domain not in _ONNX_DOMAINS:
         return None
     try:
@@ -102,7 +102,7 @@ def op(name: str, *, since: int = 1, domain: str = "", infer: Callable | None = 
         params = sig.parameters.values()
         definition = OpDef(
             name=name, domain=domain, since=since, reference=fn, infer=infer,
-            schema=schema if schema is not None else _onnx_schema(name, since, domain),
+            schema=schema if schema is not None else onnx_schema(name, since, domain),
             params=frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY or
                              p.kind is p.POSITIONAL_OR_KEYWORD),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),

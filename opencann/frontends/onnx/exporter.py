@@ -8,7 +8,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from opencann.compiler import dtypes
-from opencann.compiler.ir import Graph, OptionalType, SequenceType, TensorType, Value, ValueType
+from opencann.compiler.ir import Graph, Node, OptionalType, SequenceType, TensorType, Value, ValueType
 
 
 def export_model(graph: Graph, ir_version: int | None = None) -> onnx.ModelProto:
@@ -20,20 +20,23 @@ def export_model(graph: Graph, ir_version: int | None = None) -> onnx.ModelProto
 
 
 def export_graph(graph: Graph) -> onnx.GraphProto:
-    nodes = [helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
-                              [v.name for v in n.outputs], name=n.name, domain=n.domain,
-                              **{k: _attr(v) for k, v in n.attrs.items()})
-             for n in graph.nodes]
+    nodes = [node_proto(n) for n in graph.nodes]
     inner = [v for n in graph.nodes for v in n.outputs if v.name and v.type is not None]
     return helper.make_graph(
         nodes, graph.name,
         inputs=[_value_info(v) for v in graph.inputs],
         outputs=[_value_info(v) for v in graph.outputs],
-        initializer=[_tensor(v.const, v.name) for v in graph.initializers],
+        initializer=[tensor_proto(v.const, v.name) for v in graph.initializers],
         value_info=[_value_info(v) for v in inner if v not in graph.outputs])
 
 
-def _tensor(arr: np.ndarray, name: str = "") -> onnx.TensorProto:
+def node_proto(n: Node) -> onnx.NodeProto:
+    return helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
+                            [v.name for v in n.outputs], name=n.name, domain=n.domain,
+                            **{k: _attr(v) for k, v in n.attrs.items()})
+
+
+def tensor_proto(arr: np.ndarray, name: str = "") -> onnx.TensorProto:
     if arr.dtype == object:
         return helper.make_tensor(name, onnx.TensorProto.STRING, arr.shape,
                                   [str(x).encode() for x in arr.reshape(-1)])
@@ -44,19 +47,19 @@ def _attr(v: Any) -> Any:
     if isinstance(v, Graph):
         return export_graph(v)
     if isinstance(v, np.ndarray):
-        return _tensor(v)
+        return tensor_proto(v)
     if isinstance(v, (TensorType, SequenceType, OptionalType)):
-        return _type_proto(v)
+        return type_proto(v)
     if isinstance(v, list) and v and isinstance(v[0], (Graph, np.ndarray)):
         return [_attr(x) for x in v]
     return v
 
 
-def _type_proto(t: ValueType | None) -> onnx.TypeProto:
+def type_proto(t: ValueType | None) -> onnx.TypeProto:
     if isinstance(t, SequenceType):
-        return helper.make_sequence_type_proto(_type_proto(t.elem))
+        return helper.make_sequence_type_proto(type_proto(t.elem))
     if isinstance(t, OptionalType):
-        return helper.make_optional_type_proto(_type_proto(t.elem))
+        return helper.make_optional_type_proto(type_proto(t.elem))
     if t is None:
         return onnx.TypeProto()
     shape = None if t.shape is None else [d if d is not None else "" for d in t.shape]
@@ -64,4 +67,6 @@ def _type_proto(t: ValueType | None) -> onnx.TypeProto:
 
 
 def _value_info(v: Value) -> onnx.ValueInfoProto:
-    return helper.make_value_info(v.name, _type_proto(v.type))
+    if v.type is None:
+        return onnx.ValueInfoProto(name=v.name)
+    return helper.make_value_info(v.name, type_proto(v.type))

@@ -65,7 +65,7 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shape
 
 def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str, Value] | None = None) -> Graph:
     scope: dict[str, Value] = dict(outer or {})
-    types = {vi.name: _convert_type(vi.type) for vi in [*gp.value_info, *gp.input, *gp.output]}
+    types = {vi.name: convert_type(vi.type) for vi in [*gp.value_info, *gp.input, *gp.output]}
 
     def value(name: str) -> Value:
         if name not in scope:
@@ -115,7 +115,7 @@ def _tensor(t: onnx.TensorProto) -> np.ndarray:
     return arr if arr.dtype == want else arr.astype(want)
 
 
-def _convert_type(tp: onnx.TypeProto) -> ValueType | None:
+def convert_type(tp: onnx.TypeProto) -> ValueType | None:
     kind = tp.WhichOneof("value")
     if kind == "tensor_type":
         tt = tp.tensor_type
@@ -126,9 +126,9 @@ def _convert_type(tp: onnx.TypeProto) -> ValueType | None:
             shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
         return TensorType(dtypes.from_onnx(tt.elem_type), shape)
     if kind == "sequence_type":
-        return SequenceType(_convert_type(tp.sequence_type.elem_type))
+        return SequenceType(convert_type(tp.sequence_type.elem_type))
     if kind == "optional_type":
-        return OptionalType(_convert_type(tp.optional_type.elem_type))
+        return OptionalType(convert_type(tp.optional_type.elem_type))
     return None
 
 
@@ -145,9 +145,9 @@ def _attr(a: AttributeProto, opsets: dict[str, int], scope: dict[str, Value], no
     if t == AttributeProto.TENSORS:
         return [_tensor(x) for x in a.tensors]
     if t == AttributeProto.TYPE_PROTO:
-        return _convert_type(a.tp)
+        return convert_type(a.tp)
     if t == AttributeProto.TYPE_PROTOS:
-        return [_convert_type(x) for x in a.type_protos]
+        return [convert_type(x) for x in a.type_protos]
     if t == AttributeProto.SPARSE_TENSOR:
         return _sparse_to_dense(a.sparse_tensor)
     value = helper.get_attribute_value(a)
