@@ -157,8 +157,8 @@ def export(model: nn.Module, example: np.ndarray, opset: int = 17, seed: int = 0
     model.eval()
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(model, (torch.from_numpy(example),), buf, opset_version=opset, dynamo=False, do_constant_folding=False,
-                          input_names=["input"], output_names=["output"])
+        torch.onnx.export(model, (torch.from_numpy(example),), buf, opset_version=opset, dynamo=False,
+                          do_constant_folding=False, input_names=["input"], output_names=["output"])
     return buf.getvalue()
 
 

@@ -1,14 +1,246 @@
-"""Elementwise arithmetic (seed: NN library). Binary ops broadcast NumPy-style, as ONNX does."""
+"""Elementwise math, logic, comparison and bitwise operators (seed layer 2: NN library).
+
+Binary operators broadcast NumPy-style, as ONNX does from opset 7; opsets 1 and 6 line ``B`` up with
+``A`` from the legacy ``axis`` attribute when ``broadcast`` is set. float16, bfloat16 and float8 inputs
+compute in float32 and round back to their own type, as ONNX's reference does.
+"""
+from functools import reduce
+
+import ml_dtypes
 import numpy as np
 
+from opencann.errors import AclError, ErrorCode
 from opencann.ops.registry import op
 
+_LOW_FLOATS = frozenset(np.dtype(t) for t in (
+    np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
+    ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz))
 
-@op("Add", since=7)
-def add(a, b):
-    return a + b
+
+def _versions(name, *sinces):
+    """Register one kernel for every listed version of ``name`` (their semantics agree)."""
+    def register(fn):
+        for since in sinces:
+            op(name, since=since)(fn)
+        return fn
+    return register
 
 
-@op("Relu", since=6)
-def relu(x):
-    return np.maximum(x, 0).astype(x.dtype, copy=False)
+def _wide(x):
+    """``x`` in a type NumPy computes accurately: low-precision floats become float32."""
+    return x.astype(np.float32) if x.dtype in _LOW_FLOATS else x
+
+
+def _legacy_b(a, b, broadcast, axis):
+    """Opset < 7 broadcasting: with ``axis``, B's dimensions line up with A's from ``axis`` on."""
+    if not broadcast or axis is None or b.ndim == 0:
+        return b
+    return b.reshape(b.shape + (1,) * (a.ndim - axis % max(a.ndim, 1) - b.ndim))
+
+
+# --- unary math -----------------------------------------------------------------------------------
+
+_SQRT_PI = np.sqrt(np.pi)
+
+
+def erf(x):
+    """The error function, to about 1e-15: a power series below |x| = 2, erfc's continued fraction above."""
+    x = np.asarray(x, np.float64)
+    a = np.abs(x)
+    small = a < 2.0
+    s = np.where(small, a, 0.0)
+    term, total, z = s, s, 2.0 * s * s
+    for n in range(1, 40):  # erf(s) = 2/sqrt(pi) exp(-s^2) sum (2s^2)^n s / (2n+1)!!
+        term = term * z / (2 * n + 1)
+        total = total + term
+    series = 2.0 / _SQRT_PI * np.exp(-s * s) * total
+    b = np.where(small, 2.0, a)
+    f = b
+    for k in range(40, 0, -1):  # erfc(b) = exp(-b^2)/sqrt(pi) / (b + (1/2)/(b + 1/(b + (3/2)/(b + ...))))
+        f = b + (k / 2.0) / f
+    with np.errstate(invalid="ignore"):
+        tail = 1.0 - np.exp(-b * b) / _SQRT_PI / f
+    return np.copysign(np.where(small, series, tail), x)
+
+
+def _unary(fn):
+    """A kernel applying ``fn`` in a wide enough type; opset 1's ``consumed_inputs`` hint is ignored."""
+    def kernel(x, *, consumed_inputs=None):
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(_wide(x))).astype(x.dtype, copy=False)
+    kernel.__name__ = fn.__name__
+    return kernel
+
+
+for _name, _fn, _sinces in (
+    ("Neg", np.negative, (1, 6, 13)), ("Abs", np.abs, (1, 6, 13)), ("Sign", np.sign, (9, 13)),
+    ("Reciprocal", np.reciprocal, (1, 6, 13)), ("Sqrt", np.sqrt, (1, 6, 13)),
+    ("Exp", np.exp, (1, 6, 13)), ("Log", np.log, (1, 6, 13)), ("Erf", erf, (9, 13)),
+    ("Ceil", np.ceil, (1, 6, 13)), ("Floor", np.floor, (1, 6, 13)),
+    ("Round", np.rint, (11, 22)),  # rint rounds halves to even, as ONNX asks
+    ("Sin", np.sin, (7, 22)), ("Cos", np.cos, (7, 22)), ("Tan", np.tan, (7, 22)),
+    ("Asin", np.arcsin, (7, 22)), ("Acos", np.arccos, (7, 22)), ("Atan", np.arctan, (7, 22)),
+    ("Sinh", np.sinh, (9, 22)), ("Cosh", np.cosh, (9, 22)), ("Asinh", np.arcsinh, (9, 22)),
+    ("Acosh", np.arccosh, (9, 22)), ("Atanh", np.arctanh, (9, 22)),
+):
+    _versions(_name, *_sinces)(_unary(_fn))
+
+
+@_versions("IsNaN", 9, 13, 20)
+def isnan(x):
+    return np.isnan(_wide(x))
+
+
+@_versions("IsInf", 10, 20)
+def isinf(x, *, detect_negative=1, detect_positive=1):
+    x = _wide(x)
+    return np.isinf(x) & (((x > 0) & bool(detect_positive)) | ((x < 0) & bool(detect_negative)))
+
+
+# --- binary arithmetic ----------------------------------------------------------------------------
+
+def _divide(a, b):
+    """True division for floats; integer division truncates toward zero."""
+    if a.dtype.kind not in "iu":
+        return a / b
+    q = a // b
+    if a.dtype.kind == "i":
+        q = q + ((a % b != 0) & ((a < 0) != (b < 0)))
+    return q
+
+
+def _arith(fn):
+    """A binary kernel computing ``fn`` in a wide enough type and returning A's type."""
+    def kernel(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+        b = _legacy_b(a, b, broadcast, axis)
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(_wide(a), _wide(b))).astype(a.dtype, copy=False)
+    kernel.__name__ = fn.__name__
+    return kernel
+
+
+for _name, _fn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", _divide)):
+    _versions(_name, 1, 6, 7, 13, 14)(_arith(_fn))
+
+
+@_versions("Mod", 10, 13, 28)
+def mod(a, b, *, fmod=0):
+    """``fmod=0``: the remainder takes B's sign (floor); ``fmod=1``: A's sign (C's fmod)."""
+    with np.errstate(all="ignore"):
+        return (np.fmod if fmod else np.mod)(_wide(a), _wide(b)).astype(a.dtype, copy=False)
+
+
+def _int_pow(x, y):
+    """Integer powers; a negative exponent gives 1/x^-y truncated (0 unless |x| is 1)."""
+    x, y = np.broadcast_arrays(x, y)
+    neg = y < 0
+    with np.errstate(all="ignore"):
+        r = np.power(x, np.where(neg, 0, y).astype(np.int64 if x.dtype.kind == "i" else np.uint64))
+    return np.where(neg, np.where(np.abs(x) == 1, np.where(y % 2 == 0, 1, x), 0), r).astype(x.dtype)
+
+
+@_versions("Pow", 1, 7, 12, 13, 15)
+def pow_(x, y, *, broadcast=0, axis=None):
+    """The output has the base's type, whatever the exponent's."""
+    y = _legacy_b(x, y, broadcast, axis)
+    if x.dtype.kind in "iu" and y.dtype.kind in "iu":
+        return _int_pow(x, y)
+    with np.errstate(all="ignore"):
+        return np.power(_wide(x), _wide(y)).astype(x.dtype, copy=False)
+
+
+# --- variadic -------------------------------------------------------------------------------------
+
+def _variadic(name, fn, sinces, mean=False):
+    """Register ``name`` as ``fn`` folded over any number of broadcast inputs."""
+    def kernel(*inputs, consumed_inputs=None):
+        if not inputs:
+            raise AclError(ErrorCode.INVALID_PARAM, f"{name}: needs at least one input")
+        out = reduce(fn, (_wide(x) for x in inputs))
+        if mean:
+            out = out / len(inputs)
+        return np.asarray(out).astype(inputs[0].dtype, copy=False)
+    _versions(name, *sinces)(kernel)
+
+
+_variadic("Max", np.maximum, (1, 6, 8, 12, 13))
+_variadic("Min", np.minimum, (1, 6, 8, 12, 13))
+_variadic("Sum", np.add, (1, 6, 8, 13))
+_variadic("Mean", np.add, (1, 6, 8, 13), mean=True)
+
+
+# --- logic and comparisons ------------------------------------------------------------------------
+
+def _predicate(fn):
+    """A binary kernel returning bool (logic and comparisons)."""
+    def kernel(a, b, *, broadcast=0, axis=None):
+        with np.errstate(invalid="ignore"):
+            return np.asarray(fn(a, _legacy_b(a, b, broadcast, axis))).astype(np.bool_, copy=False)
+    kernel.__name__ = fn.__name__
+    return kernel
+
+
+for _name, _fn, _sinces in (
+    ("And", np.logical_and, (1, 7)), ("Or", np.logical_or, (1, 7)), ("Xor", np.logical_xor, (1, 7)),
+    ("Equal", np.equal, (1, 7, 11, 13, 19)), ("Greater", np.greater, (1, 7, 9, 13)),
+    ("Less", np.less, (1, 7, 9, 13)), ("GreaterOrEqual", np.greater_equal, (12, 16)),
+    ("LessOrEqual", np.less_equal, (12, 16)),
+):
+    _versions(_name, *_sinces)(_predicate(_fn))
+
+
+@op("Not", since=1)
+def not_(x):
+    return np.logical_not(x)
+
+
+@_versions("Where", 9, 16)
+def where(condition, x, y):
+    return np.where(condition, x, y)
+
+
+@_versions("Clip", 1, 6, 11, 12, 13)
+def clip(x, lo=None, hi=None, *, min=None, max=None, consumed_inputs=None):
+    """Bounds are attributes before opset 11, optional inputs after; min > max gives max everywhere."""
+    lo, hi = (min if lo is None else lo), (max if hi is None else hi)
+    y = _wide(x)
+    with np.errstate(all="ignore"):
+        if lo is not None:
+            y = np.maximum(y, _wide(np.asarray(lo)))
+        if hi is not None:
+            y = np.minimum(y, _wide(np.asarray(hi)))
+    return y.astype(x.dtype, copy=False)
+
+
+# --- bitwise --------------------------------------------------------------------------------------
+
+@_versions("BitShift", 11, 28)
+def bitshift(x, y, *, direction):
+    """Right shifts of signed types are arithmetic; shifts < 0 or >= the bit width leave only the fill."""
+    if direction not in ("LEFT", "RIGHT"):
+        raise AclError(ErrorCode.INVALID_PARAM, f"BitShift: direction must be LEFT or RIGHT, got {direction!r}")
+    bits = 8 * x.dtype.itemsize
+    y = y.astype(np.int64)
+    out = (y < 0) | (y >= bits)
+    s = np.where(out, 0, y).astype(x.dtype)
+    if direction == "LEFT":
+        return np.where(out, x.dtype.type(0), np.left_shift(x, s))
+    fill = np.right_shift(x, bits - 1) if x.dtype.kind == "i" else np.zeros_like(x)
+    return np.where(out, fill, np.right_shift(x, s))
+
+
+def _bitwise(fn):
+    def kernel(a, b):
+        return fn(a, b)
+    kernel.__name__ = fn.__name__
+    return kernel
+
+
+for _name, _fn in (("BitwiseAnd", np.bitwise_and), ("BitwiseOr", np.bitwise_or),
+                   ("BitwiseXor", np.bitwise_xor)):
+    op(_name, since=18)(_bitwise(_fn))
+
+
+@op("BitwiseNot", since=18)
+def bitwise_not(x):
+    return np.invert(x)

@@ -9,7 +9,9 @@ An operator is registered once, with its NumPy reference kernel, by the :func:`o
 Kernel convention (as in ONNX's reference evaluator): inputs are positional (``None`` for an omitted
 optional input; a list for a sequence), attributes are keyword arguments with the schema's defaults
 filled in, and a kernel returns one value, or a ``tuple`` when the operator has several outputs. A kernel
-that names a parameter ``n_outputs`` receives how many outputs the node asked for. Graph attributes
+that names a parameter ``n_outputs`` receives how many outputs the node asked for; one that names a
+parameter ``out`` may be handed its first input's array, when that value dies at this node and nothing
+else refers to it, to write its (same shape and dtype) result into. Graph attributes
 arrive as callables ``body(*inputs) -> list`` (see :mod:`opencann.runtime.executor`).
 
 The schema (inputs, outputs, attributes and their defaults, type constraints) of an ONNX-domain
@@ -45,6 +47,7 @@ class OpDef:
     params: frozenset[str] = frozenset()
     takes_kwargs: bool = False
     wants_n_outputs: bool = False
+    writes_out: bool = False
     kernels: dict[str, Callable] = field(default_factory=dict)
 
     def kernel_for(self, device_kind: str) -> Callable:
@@ -107,6 +110,7 @@ def op(name: str, *, since: int = 1, domain: str = "", infer: Callable | None = 
                              p.kind is p.POSITIONAL_OR_KEYWORD),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
             wants_n_outputs="n_outputs" in sig.parameters,
+            writes_out="out" in sig.parameters,
         )
         versions = _REGISTRY.setdefault((domain, name), [])
         if any(d.since == since for d in versions):

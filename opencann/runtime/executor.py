@@ -8,6 +8,7 @@ scope.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ class Step:
     n_outputs: int | None
     drop: list[str]
     subgraphs: dict[str, Plan]
+    reuse: bool = False  # the first input's buffer may receive the output (it dies here)
 
 
 class Plan:
@@ -77,6 +79,8 @@ class Plan:
                 n_outputs=len(node.outputs) if d.wants_n_outputs else None,
                 drop=sorted(n for n, last in last_use.items() if last == idx and n not in keep),
                 subgraphs=subplans))
+            first = steps[-1].inputs[0] if steps[-1].inputs else None
+            steps[-1].reuse = d.writes_out and first in steps[-1].drop and first not in self.consts
         return steps
 
     def _bind_attrs(self, node: Node, d: registry.OpDef, opset: int) -> dict[str, Any]:
@@ -107,34 +111,41 @@ class Plan:
         env.update(self.consts)
         env.update(feeds)
         for step in self.steps:
-            args = [env[name] if name is not None else None for name in step.inputs]
-            kwargs = dict(step.attrs)
-            for key, plan in step.subgraphs.items():
-                if "[" in key:
-                    base, _, idx = key.partition("[")
-                    kwargs.setdefault(base, [])
-                    kwargs[base].insert(int(idx[:-1]), Subgraph(plan, env))
-                else:
-                    kwargs[key] = Subgraph(plan, env)
-            if step.n_outputs is not None:
-                kwargs["n_outputs"] = step.n_outputs
-            try:
-                result = step.fn(*args, **kwargs)
-            except AclError:
-                raise
-            except Exception as exc:
-                raise AclError(ErrorCode.INTERNAL_ERROR,
-                               f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
-            results = result if isinstance(result, tuple) else (result,)
-            for name, value in zip(step.outputs, results, strict=False):
-                if name:
-                    env[name] = _normalize(value)
-            for name in step.drop:
-                env.pop(name, None)
+            _launch(step, env)
         try:
             return [env[name] for name in self.output_names]
         except KeyError as exc:
             raise AclError(ErrorCode.INTERNAL_ERROR, f"output {exc} was not produced") from None
+
+
+def _launch(step: Step, env: dict[str, Any]) -> None:
+    """Run one step: read its inputs from ``env``, store its outputs, drop values that died."""
+    args = [env[name] if name is not None else None for name in step.inputs]
+    kwargs = dict(step.attrs)
+    for key, plan in step.subgraphs.items():
+        if "[" in key:
+            base, _, idx = key.partition("[")
+            kwargs.setdefault(base, [])
+            kwargs[base].insert(int(idx[:-1]), Subgraph(plan, env))
+        else:
+            kwargs[key] = Subgraph(plan, env)
+    if step.n_outputs is not None:
+        kwargs["n_outputs"] = step.n_outputs
+    if step.reuse and _private(args[0]):
+        kwargs["out"] = args[0]
+    try:
+        result = step.fn(*args, **kwargs)
+    except AclError:
+        raise
+    except Exception as exc:
+        raise AclError(ErrorCode.INTERNAL_ERROR,
+                       f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+    results = result if isinstance(result, tuple) else (result,)
+    for name, value in zip(step.outputs, results, strict=False):
+        if name:
+            env[name] = _normalize(value)
+    for name in step.drop:
+        env.pop(name, None)
 
 
 class Subgraph:
@@ -151,6 +162,12 @@ class Subgraph:
             raise AclError(ErrorCode.OP_INPUT_NOT_MATCH, f"subgraph '{self.plan.graph.name}' takes "
                            f"{len(self.plan.input_names)} inputs, got {len(inputs)}")
         return self.plan.run(dict(zip(self.plan.input_names, inputs, strict=True)), self.scope)
+
+
+def _private(arr: Any) -> bool:
+    """True when ``arr`` owns its memory and only the executor refers to it (no views, no caller)."""
+    # references: the environment, the argument list, this frame's parameter, getrefcount's argument
+    return type(arr) is np.ndarray and arr.base is None and arr.flags.writeable and sys.getrefcount(arr) <= 4
 
 
 def _normalize(value: Any) -> Any:

@@ -1,0 +1,120 @@
+"""Precision modes (ATC's ``--precision_mode``): run float32 graphs in float16 or bfloat16.
+
+* ``force_fp32`` / ``must_keep_origin_dtype``: the graph is left as it is (the CPU default).
+* ``force_fp16`` / ``allow_fp32_to_fp16``: every float32 weight and activation becomes float16; casts at
+  the graph's inputs and outputs keep its interface float32.
+* ``allow_mix_precision`` (``_fp16``/``_bf16``): like the above, but numerically sensitive operators
+  (softmax, normalisations, reductions, exp/log/pow) still compute in float32 between casts.
+* ``allow_fp32_to_bf16`` / ``allow_mix_precision_bf16``: the same with bfloat16.
+"""
+from __future__ import annotations
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+from onnx import TensorProto
+
+from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes.shape_inference import infer_shapes
+from opencann.errors import AclError, ErrorCode
+
+F32 = np.dtype(np.float32)
+MODES = {
+    "force_fp32": None, "cube_fp16in_fp32out": None, "must_keep_origin_dtype": None,
+    "force_fp16": (np.float16, False), "allow_fp32_to_fp16": (np.float16, False),
+    "allow_mix_precision": (np.float16, True), "allow_mix_precision_fp16": (np.float16, True),
+    "allow_fp32_to_bf16": (ml_dtypes.bfloat16, False), "allow_mix_precision_bf16": (ml_dtypes.bfloat16, True),
+}
+KEEP_FP32 = frozenset({
+    "Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
+    "GroupNormalization", "RMSNormalization", "LpNormalization", "MeanVarianceNormalization", "LRN",
+    "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    "ReduceProd", "CumSum", "Exp", "Log", "Pow", "Erf", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss",
+    "If", "Loop", "Scan", "LSTM", "GRU", "RNN",
+})
+
+
+def convert_precision(graph: Graph, mode: str) -> Graph:
+    """Apply a precision mode to ``graph`` in place; returns it."""
+    if mode not in MODES:
+        raise AclError(ErrorCode.INVALID_PARAM, f"unknown precision mode '{mode}' (one of {', '.join(MODES)})")
+    if MODES[mode] is None:
+        return graph
+    low, mixed = MODES[mode]
+    low = np.dtype(low)
+    names = (f"precision_cast_{i}" for i in itertools.count())
+    for v in graph.initializers:
+        if v.const.dtype == F32:
+            v.const, v.type = v.const.astype(low), TensorType(low, v.const.shape)
+    nodes: list[Node] = []
+    for x in graph.inputs:
+        if _is_f32(x):
+            low_x = Value(next(names))
+            nodes.append(_cast(x, low_x, low, next(names)))
+            _rename_uses(graph, x, low_x)
+    for node in graph.nodes:
+        _lower_attrs(node, low)
+        if mixed and node.op in KEEP_FP32:
+            nodes.extend(_around_fp32(node, low, names))
+        else:
+            nodes.append(node)
+    for i, y in enumerate(graph.outputs):
+        if _is_f32(y):
+            out = Value(y.name, y.type)
+            y.name = next(names)
+            nodes.append(_cast(y, out, F32, next(names)))
+            graph.outputs[i] = out
+    graph.nodes = nodes
+    for node in graph.nodes:
+        for v in node.outputs:
+            v.type = None
+    return infer_shapes(graph)
+
+
+def _is_f32(v: Value) -> bool:
+    return isinstance(v.type, TensorType) and v.type.dtype == F32
+
+
+def _cast(src: Value, dst: Value, dtype: np.dtype, name: str) -> Node:
+    from opencann.compiler import dtypes
+
+    dst.type = TensorType(dtype, src.type.shape if isinstance(src.type, TensorType) else None)
+    return Node("Cast", [src], [dst], {"to": dtypes.to_onnx(dtype)}, name=name)
+
+
+def _rename_uses(graph: Graph, old: Value, new: Value) -> None:
+    for node in graph.nodes:
+        node.inputs = [new if v is old else v for v in node.inputs]
+    graph.outputs = [new if v is old else v for v in graph.outputs]
+
+
+def _lower_attrs(node: Node, low: np.dtype) -> None:
+    from opencann.compiler import dtypes
+
+    for key, value in node.attrs.items():
+        if isinstance(value, np.ndarray) and value.dtype == F32:
+            node.attrs[key] = value.astype(low)
+        elif key in ("to", "dtype") and value == TensorProto.FLOAT and node.op != "Cast":
+            node.attrs[key] = dtypes.to_onnx(low)
+    if node.op == "Cast" and node.attrs.get("to") == TensorProto.FLOAT:
+        node.attrs["to"] = dtypes.to_onnx(low)
+
+
+def _around_fp32(node: Node, low: np.dtype, names) -> list[Node]:
+    """Casts that let ``node`` compute in float32 inside a lowered graph."""
+    before, after = [], []
+    for i, v in enumerate(node.inputs):
+        if v is not None and isinstance(v.type, TensorType) and v.type.dtype in (F32, low):
+            wide = Value(next(names))
+            before.append(_cast(v, wide, F32, next(names)))
+            node.inputs[i] = wide
+    for i, v in enumerate(node.outputs):
+        if v.name and _is_f32(v):
+            wide = Value(next(names), TensorType(F32, None))
+            after.append(_cast(wide, Value(v.name), low, next(names)))
+            after[-1].outputs[0] = v
+            v.producer = after[-1]
+            node.outputs[i] = wide
+            wide.producer = node
+    return [*before, node, *after]

@@ -1,0 +1,133 @@
+"""The executor (kernel binding, errors, buffer reuse) and the CPU device (buffers, streams, events)."""
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.devices.cpu import ALIGNMENT, CpuDevice
+from opencann.errors import AclError, ErrorCode
+from opencann.frontends.onnx import import_onnx
+from opencann.ops.registry import op
+from opencann.runtime import Executor
+
+DOMAIN = "test.executor"
+calls: list[bool] = []
+
+
+@op("NegInPlace", domain=DOMAIN)
+def _neg(x, out=None):
+    calls.append(out is not None)
+    return np.negative(x, out=out)
+
+
+@op("ViewOf", domain=DOMAIN)
+def _view(x):
+    return x[::-1]
+
+
+def chain(ops: list[str]) -> Graph:
+    x = Value("x", TensorType(np.float32, (4,)))
+    values = [x] + [Value(f"v{i}") for i in range(len(ops))]
+    nodes = [Node(o, [values[i]], [values[i + 1]], domain=DOMAIN, name=f"n{i}") for i, o in enumerate(ops)]
+    return Graph(inputs=[x], outputs=[values[-1]], nodes=nodes, opsets={"": 23, DOMAIN: 1})
+
+
+def test_dead_private_buffers_are_reused_and_caller_arrays_never_written():
+    calls.clear()
+    x = np.arange(4, dtype=np.float32)
+    (y,) = Executor(chain(["NegInPlace"] * 3)).run([x])
+    np.testing.assert_array_equal(y, -np.arange(4))
+    np.testing.assert_array_equal(x, np.arange(4))
+    assert calls == [False, True, True]
+
+
+def test_buffers_with_live_views_are_not_reused():
+    calls.clear()
+    x = Value("x", TensorType(np.float32, (4,)))
+    a, view, b = Value("a"), Value("view"), Value("b")
+    nodes = [Node("NegInPlace", [x], [a], domain=DOMAIN), Node("ViewOf", [a], [view], domain=DOMAIN),
+             Node("NegInPlace", [a], [b], domain=DOMAIN)]  # a dies here, but `view` still reads its memory
+    graph = Graph(inputs=[x], outputs=[b, view], nodes=nodes, opsets={"": 23, DOMAIN: 1})
+    y, v = Executor(graph).run([np.arange(4, dtype=np.float32)])
+    np.testing.assert_array_equal(v, -np.arange(4)[::-1])
+    np.testing.assert_array_equal(y, np.arange(4))
+    assert calls == [False, False]
+
+
+def test_unsupported_operators_are_listed_together():
+    nodes = [helper.make_node("FancyOp", ["x"], ["y"], name="a", domain="x.y"),
+             helper.make_node("FancyOp", ["y"], ["z"], name="b", domain="x.y"),
+             helper.make_node("OtherOp", ["z"], ["w"], name="c", domain="x.y")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [1])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("x.y", 1)])
+    with pytest.raises(AclError) as e:
+        Executor(import_onnx(model))
+    assert e.value.code == ErrorCode.OP_NOT_FOUND
+    assert "x.y::FancyOp (opset 1): nodes a, b" in str(e.value) and "x.y::OtherOp (opset 1): nodes c" in str(e.value)
+
+
+def test_missing_inputs_and_unknown_attributes_are_clear_errors():
+    with pytest.raises(AclError, match="missing input"):
+        Executor(chain(["NegInPlace"])).run({})
+    graph = chain(["NegInPlace"])
+    graph.nodes[0].attrs["alpha"] = 1.0
+    with pytest.raises(AclError, match="unknown attribute 'alpha'"):
+        Executor(graph)
+
+
+def test_buffers_are_aligned_and_copies_checked():
+    dev = CpuDevice()
+    buf = dev.alloc(100)
+    assert buf.ptr % ALIGNMENT == 0 and buf.nbytes == 100
+    src = np.arange(25, dtype=np.float32)
+    dev.copy(buf, src, 100)
+    np.testing.assert_array_equal(dev.view(buf, np.float32, (25,)), src)
+    with pytest.raises(AclError, match="exceeds"):
+        dev.copy(buf, np.zeros(40, np.float32), 160)
+    with pytest.raises(AclError, match="exceeds"):
+        dev.view(buf, np.float64, (25,))
+
+
+def test_stream_runs_work_in_order_asynchronously():
+    dev = CpuDevice()
+    stream, order = dev.stream(), []
+    gate = threading.Event()
+    stream.enqueue(gate.wait)
+    for i in range(100):
+        stream.enqueue(lambda i=i: order.append(i))
+    assert order == []  # the host was not blocked by the gated work
+    gate.set()
+    stream.synchronize()
+    assert order == list(range(100))
+    stream.destroy()
+
+
+def test_events_time_and_order_work_across_streams():
+    dev = CpuDevice()
+    s1, s2 = dev.stream(), dev.stream()
+    start, end, done = dev.event(), dev.event(), []
+    start.record(s1)
+    s1.enqueue(lambda: time.sleep(0.05))
+    s1.enqueue(lambda: done.append("s1"))
+    end.record(s1)
+    s2.wait_event(end)
+    s2.enqueue(lambda: done.append("s2"))
+    s2.synchronize()
+    assert done == ["s1", "s2"] and end.query()
+    assert start.elapsed_ms(end) >= 45
+    s1.destroy()
+    s2.destroy()
+
+
+def test_stream_errors_surface_at_synchronize():
+    stream = CpuDevice().stream()
+    stream.enqueue(lambda: 1 / 0)
+    with pytest.raises(AclError) as e:
+        stream.synchronize()
+    assert e.value.code == ErrorCode.INTERNAL_ERROR
+    stream.destroy()
