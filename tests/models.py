@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -156,7 +157,8 @@ def export(model: nn.Module, example: np.ndarray, opset: int = 17, seed: int = 0
     _randomize_batchnorm(model, seed)
     model.eval()
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.from_numpy(example),), buf, opset_version=opset, dynamo=False,
                           do_constant_folding=False, input_names=["input"], output_names=["output"])
     return buf.getvalue()

@@ -8,7 +8,9 @@ import functools
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.elementwise import _versions, _wide, erf
+from opencann.ops.common import widen
+from opencann.ops.elementwise import erf
+from opencann.ops.registry import op
 
 
 def _floating(fn):
@@ -16,7 +18,7 @@ def _floating(fn):
     @functools.wraps(fn)
     def kernel(x, *args, **kwargs):
         with np.errstate(all="ignore"):
-            return np.asarray(fn(_wide(x), *args, **kwargs)).astype(x.dtype, copy=False)
+            return np.asarray(fn(widen(x), *args, **kwargs)).astype(x.dtype, copy=False)
     return kernel
 
 
@@ -28,43 +30,43 @@ def _sigmoid(x):
 
 # --- piecewise linear -----------------------------------------------------------------------------
 
-@_versions("Relu", 1, 6, 13, 14)
+@op("Relu", since=(1, 6, 13, 14))
 def relu(x, *, consumed_inputs=None):
     return np.maximum(x, x.dtype.type(0))
 
 
-@_versions("LeakyRelu", 1, 6, 16)
+@op("LeakyRelu", since=(1, 6, 16))
 @_floating
 def leaky_relu(x, *, alpha=0.01, consumed_inputs=None):
     return np.where(x < 0, alpha * x, x)
 
 
-@_versions("PRelu", 1, 6, 7, 9, 16)
+@op("PRelu", since=(1, 6, 7, 9, 16))
 def prelu(x, slope, *, consumed_inputs=None):
     """``slope`` broadcasts to X's shape."""
-    y = _wide(x)
-    return np.where(y < 0, _wide(slope) * y, y).astype(x.dtype, copy=False)
+    y = widen(x)
+    return np.where(y < 0, widen(slope) * y, y).astype(x.dtype, copy=False)
 
 
-@_versions("ThresholdedRelu", 10, 22)
+@op("ThresholdedRelu", since=(10, 22))
 @_floating
 def thresholded_relu(x, *, alpha=1.0):
     return np.where(x > alpha, x, 0)
 
 
-@_versions("Shrink", 9)
+@op("Shrink", since=(9,))
 @_floating
 def shrink(x, *, bias=0.0, lambd=0.5):
     return np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0))
 
 
-@_versions("HardSigmoid", 1, 6, 22)
+@op("HardSigmoid", since=(1, 6, 22))
 @_floating
 def hard_sigmoid(x, *, alpha=0.2, beta=0.5, consumed_inputs=None):
     return np.clip(alpha * x + beta, 0, 1)
 
 
-@_versions("HardSwish", 14, 22)
+@op("HardSwish", since=(14, 22))
 @_floating
 def hard_swish(x):
     return x * np.clip(x / 6 + 0.5, 0, 1)
@@ -72,55 +74,55 @@ def hard_swish(x):
 
 # --- smooth ---------------------------------------------------------------------------------------
 
-@_versions("Sigmoid", 1, 6, 13)
+@op("Sigmoid", since=(1, 6, 13))
 @_floating
 def sigmoid(x, *, consumed_inputs=None):
     return _sigmoid(x)
 
 
-@_versions("Tanh", 1, 6, 13)
+@op("Tanh", since=(1, 6, 13))
 @_floating
 def tanh(x, *, consumed_inputs=None):
     return np.tanh(x)
 
 
-@_versions("Elu", 1, 6, 22)
+@op("Elu", since=(1, 6, 22))
 @_floating
 def elu(x, *, alpha=1.0, consumed_inputs=None):
     return np.where(x < 0, alpha * np.expm1(x), x)
 
 
-@_versions("Selu", 1, 6, 22)
+@op("Selu", since=(1, 6, 22))
 @_floating
 def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875, consumed_inputs=None):
     return gamma * np.where(x <= 0, alpha * np.expm1(x), x)
 
 
-@_versions("Celu", 12, 28)
+@op("Celu", since=(12, 28))
 @_floating
 def celu(x, *, alpha=1.0):
     return np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(x / alpha))
 
 
-@_versions("Softplus", 1, 22)
+@op("Softplus", since=(1, 22))
 @_floating
 def softplus(x):
     return np.logaddexp(0, x)
 
 
-@_versions("Softsign", 1, 22)
+@op("Softsign", since=(1, 22))
 @_floating
 def softsign(x):
     return x / (1 + np.abs(x))
 
 
-@_versions("Mish", 18, 22)
+@op("Mish", since=(18, 22))
 @_floating
 def mish(x):
     return x * np.tanh(np.logaddexp(0, x))
 
 
-@_versions("Gelu", 20)
+@op("Gelu", since=(20,))
 @_floating
 def gelu(x, *, approximate="none"):
     """Exact (erf) or ``approximate="tanh"`` Gaussian error linear unit."""
@@ -131,16 +133,16 @@ def gelu(x, *, approximate="none"):
     return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
-@_versions("Swish", 24)
+@op("Swish", since=(24,))
 @_floating
 def swish(x, *, alpha=1.0):
     return x * _sigmoid(alpha * x)
 
 
-@_versions("SwiGLU", 28)
+@op("SwiGLU", since=(28,))
 @_floating
 def swiglu(a, b, *, alpha=1.0):
     """Swish(A) * B; A and B must have the same shape (no broadcasting)."""
     if a.shape != b.shape:
         raise AclError(ErrorCode.INVALID_PARAM, f"SwiGLU: A {a.shape} and B {b.shape} must have the same shape")
-    return a * _sigmoid(alpha * a) * _wide(b)
+    return a * _sigmoid(alpha * a) * widen(b)

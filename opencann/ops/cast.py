@@ -13,6 +13,7 @@ from onnx import TensorProto
 
 from opencann.compiler import dtypes
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.common import widen
 from opencann.ops.registry import op
 
 FLOAT8 = frozenset(np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
@@ -20,29 +21,12 @@ FLOAT8 = frozenset(np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.floa
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 _SUB_BYTE_BITS = {np.dtype(ml_dtypes.int4): 4, np.dtype(ml_dtypes.uint4): 4, np.dtype(ml_dtypes.float4_e2m1fn): 4,
                   np.dtype(ml_dtypes.int2): 2, np.dtype(ml_dtypes.uint2): 2}
-_ML_INTS = frozenset(np.dtype(t) for t in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.int2, ml_dtypes.uint2))
-
-
-def versions(name: str, *sinces: int):
-    """Register one kernel for several opset versions of ``name`` (each keeps its own ONNX schema)."""
-
-    def register(fn):
-        for since in sinces:
-            op(name, since=since)(fn)
-        return fn
-
-    return register
 
 
 def is_string(dt: np.dtype) -> bool:
     return dt.kind in "OUS"
 
 
-def widen(x: np.ndarray) -> np.ndarray:
-    """An ml_dtypes array as int64 (4/2-bit integers) or float32 (low-precision floats, exactly)."""
-    if x.dtype.kind != "V":
-        return x
-    return x.astype(np.int64 if x.dtype in _ML_INTS else np.float32)
 
 
 def convert(x: np.ndarray, dtype: np.dtype, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
@@ -131,12 +115,12 @@ def _target(to: int | str) -> np.dtype:
     return dtypes.from_onnx(to)
 
 
-@versions("Cast", 1, 6, 9, 13, 19, 21, 23, 24, 25, 28)
+@op("Cast", since=(1, 6, 9, 13, 19, 21, 23, 24, 25, 28))
 def cast(x, *, to, saturate=1, round_mode="up"):
     return convert(x, _target(to), saturate, round_mode)
 
 
-@versions("CastLike", 15, 19, 21, 23, 24, 25)
+@op("CastLike", since=(15, 19, 21, 23, 24, 25))
 def cast_like(x, target_type, *, saturate=1, round_mode="up"):
     return convert(x, target_type.dtype, saturate, round_mode)
 
@@ -145,7 +129,7 @@ def _bit_width(dt: np.dtype) -> int:
     return _SUB_BYTE_BITS.get(dt, 8 * dt.itemsize)
 
 
-@versions("BitCast", 26)
+@op("BitCast", since=(26,))
 def bitcast(x, *, to):
     dt = dtypes.from_onnx(to)
     if is_string(x.dtype) or is_string(dt) or _bit_width(x.dtype) != _bit_width(dt):

@@ -1,9 +1,11 @@
 """Convolutions (seed layer 2, NN library): Conv, ConvTranspose, DeformConv and CausalConvWithState.
 
-Every convolution is an im2col: the padded input is viewed as sliding windows
-(``numpy.lib.stride_tricks.sliding_window_view``), copied once into a ``(groups, pixels, Cg * K)``
-matrix and multiplied with the weights in one batched BLAS matmul. float16 and bfloat16 accumulate in
-float32. :func:`conv_pads`, :func:`windows` and :func:`work_dtype` are shared with :mod:`opencann.ops.pool`.
+Conv is an im2col: the padded channels-last input is viewed as sliding windows
+(``numpy.lib.stride_tricks.sliding_window_view``), copied once into a ``(groups, pixels, K * Cg)``
+matrix and multiplied with the weights in one batched BLAS matmul (depthwise convs instead sum one
+multiply-add per kernel tap). ConvTranspose is the reverse, a col2im: one matmul, then a scatter-add
+per kernel tap. float16 and bfloat16 accumulate in float32. :func:`conv_pads`, :func:`windows` and
+:func:`work_dtype` are shared with :mod:`opencann.ops.pool`.
 """
 from __future__ import annotations
 
@@ -110,7 +112,9 @@ def _spatial(x, w, strides, dilations):
     return nd, list(strides or [1] * nd), list(dilations or [1] * nd)
 
 
-def _conv(x, w, b, auto_pad, dilations, group, pads, strides):
+@op("Conv", since=1)
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None):
     nd, strides, dilations = _spatial(x, w, strides, dilations)
     dt = work_dtype(x.dtype)
     kernel = w.shape[2:]
@@ -120,18 +124,13 @@ def _conv(x, w, b, auto_pad, dilations, group, pads, strides):
     return _add_bias(y, b).astype(x.dtype, copy=False)
 
 
-@op("Conv", since=1)
-def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None):
-    return _conv(x, w, b, auto_pad, dilations, group, pads, strides)
-
-
-def _transpose_pads(auto_pad, pads, output_shape, full, nd):
-    """Begin/end crop of ConvTranspose's full output, from pads, auto_pad or output_shape."""
+def _transpose_crops(auto_pad, pads, output_shape, full, in_shape, strides):
+    """Begin/end crop of ConvTranspose's full output, from output_shape, SAME auto_pad or pads."""
+    nd = len(full)
     if output_shape is not None:
         target = [int(v) for v in output_shape[-nd:]]
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        return None
+        target = [i * s for i, s in zip(in_shape, strides, strict=True)]
     else:
         return conv_pads(auto_pad, pads, full, [1] * nd, [1] * nd, [1] * nd)
     begin, end = [], []
@@ -155,7 +154,6 @@ def _crop(y: np.ndarray, begin, end) -> np.ndarray:
 @op("ConvTranspose", since=1)
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
-    """col2im: one matmul gives every (pixel, kernel tap) product, then a loop over taps scatters them."""
     nd, strides, dilations = _spatial(x, w, strides, dilations)
     dt = work_dtype(x.dtype)
     n, c = x.shape[:2]
@@ -163,11 +161,9 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     out_pad = list(output_padding or [0] * nd)
     full = [s * (i - 1) + o + (k - 1) * d + 1
             for i, k, s, d, o in zip(in_shape, kernel, strides, dilations, out_pad, strict=True)]
-    crops = _transpose_pads(auto_pad, pads, output_shape, full, nd)
-    if crops is None:
-        crops = _transpose_pads(auto_pad, pads, [i * s for i, s in zip(in_shape, strides, strict=True)], full, nd)
-    cg, mg = c // group, w.shape[1]
-    xa = x.astype(dt, copy=False).reshape(n, group, cg, -1).transpose(1, 2, 0, 3).reshape(group, cg, -1)
+    crops = _transpose_crops(auto_pad, pads, output_shape, full, in_shape, strides)
+    cg, mg, pixels = c // group, w.shape[1], math.prod(in_shape)
+    xa = x.astype(dt, copy=False).reshape(n, group, cg, pixels).transpose(1, 2, 0, 3).reshape(group, cg, n * pixels)
     wt = np.ascontiguousarray(w.astype(dt, copy=False).reshape(group, cg, -1).transpose(0, 2, 1))
     cols = np.moveaxis(np.matmul(wt, xa).reshape(group, mg, *kernel, n, *in_shape), 2 + nd, 0)
     y = np.zeros((n, group, mg, *full), dtype=dt)
@@ -184,7 +180,7 @@ def _deform_sample(x, coords):
     """Sample ``x`` ``(N, G, Cg, *in)`` bilinearly at ``coords`` (nd arrays ``(N, G, *rest)``), zeros outside."""
     n, g, cg = x.shape[:3]
     in_shape = x.shape[3:]
-    flat = x.reshape(n, g, cg, -1)
+    flat = x.reshape(n, g, cg, math.prod(in_shape))
     rest = coords[0].shape[2:]
     floors = [np.floor(cd) for cd in coords]
     out = np.zeros((n, g, cg, math.prod(rest)), dtype=x.dtype)
@@ -197,8 +193,8 @@ def _deform_sample(x, coords):
             weight *= 1 - np.abs(cd - pos)
             valid &= (pos >= 0) & (pos < size)
             index = index * size + np.clip(pos, 0, size - 1).astype(np.int64)
-        idx = index.reshape(n, g, 1, -1)
-        out += np.take_along_axis(flat, idx, axis=3) * (weight * valid).reshape(n, g, 1, -1)
+        idx = index.reshape(n, g, 1, out.shape[3])
+        out += np.take_along_axis(flat, idx, axis=3) * (weight * valid).reshape(idx.shape)
     return out.reshape(n, g, cg, *rest)
 
 

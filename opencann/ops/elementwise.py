@@ -6,29 +6,11 @@ compute in float32 and round back to their own type, as ONNX's reference does.
 """
 from functools import reduce
 
-import ml_dtypes
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.common import widen
 from opencann.ops.registry import op
-
-_LOW_FLOATS = frozenset(np.dtype(t) for t in (
-    np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
-    ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz))
-
-
-def _versions(name, *sinces):
-    """Register one kernel for every listed version of ``name`` (their semantics agree)."""
-    def register(fn):
-        for since in sinces:
-            op(name, since=since)(fn)
-        return fn
-    return register
-
-
-def _wide(x):
-    """``x`` in a type NumPy computes accurately: low-precision floats become float32."""
-    return x.astype(np.float32) if x.dtype in _LOW_FLOATS else x
 
 
 def _legacy_b(a, b, broadcast, axis):
@@ -67,7 +49,7 @@ def _unary(fn):
     """A kernel applying ``fn`` in a wide enough type; opset 1's ``consumed_inputs`` hint is ignored."""
     def kernel(x, *, consumed_inputs=None):
         with np.errstate(all="ignore"):
-            return np.asarray(fn(_wide(x))).astype(x.dtype, copy=False)
+            return np.asarray(fn(widen(x))).astype(x.dtype, copy=False)
     kernel.__name__ = fn.__name__
     return kernel
 
@@ -83,17 +65,17 @@ for _name, _fn, _sinces in (
     ("Sinh", np.sinh, (9, 22)), ("Cosh", np.cosh, (9, 22)), ("Asinh", np.arcsinh, (9, 22)),
     ("Acosh", np.arccosh, (9, 22)), ("Atanh", np.arctanh, (9, 22)),
 ):
-    _versions(_name, *_sinces)(_unary(_fn))
+    op(_name, since=tuple(_sinces))(_unary(_fn))
 
 
-@_versions("IsNaN", 9, 13, 20)
+@op("IsNaN", since=(9, 13, 20))
 def isnan(x):
-    return np.isnan(_wide(x))
+    return np.isnan(widen(x))
 
 
-@_versions("IsInf", 10, 20)
+@op("IsInf", since=(10, 20))
 def isinf(x, *, detect_negative=1, detect_positive=1):
-    x = _wide(x)
+    x = widen(x)
     return np.isinf(x) & (((x > 0) & bool(detect_positive)) | ((x < 0) & bool(detect_negative)))
 
 
@@ -114,20 +96,20 @@ def _arith(fn):
     def kernel(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
         b = _legacy_b(a, b, broadcast, axis)
         with np.errstate(all="ignore"):
-            return np.asarray(fn(_wide(a), _wide(b))).astype(a.dtype, copy=False)
+            return np.asarray(fn(widen(a), widen(b))).astype(a.dtype, copy=False)
     kernel.__name__ = fn.__name__
     return kernel
 
 
 for _name, _fn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", _divide)):
-    _versions(_name, 1, 6, 7, 13, 14)(_arith(_fn))
+    op(_name, since=(1, 6, 7, 13, 14))(_arith(_fn))
 
 
-@_versions("Mod", 10, 13, 28)
+@op("Mod", since=(10, 13, 28))
 def mod(a, b, *, fmod=0):
     """``fmod=0``: the remainder takes B's sign (floor); ``fmod=1``: A's sign (C's fmod)."""
     with np.errstate(all="ignore"):
-        return (np.fmod if fmod else np.mod)(_wide(a), _wide(b)).astype(a.dtype, copy=False)
+        return (np.fmod if fmod else np.mod)(widen(a), widen(b)).astype(a.dtype, copy=False)
 
 
 def _int_pow(x, y):
@@ -139,14 +121,14 @@ def _int_pow(x, y):
     return np.where(neg, np.where(np.abs(x) == 1, np.where(y % 2 == 0, 1, x), 0), r).astype(x.dtype)
 
 
-@_versions("Pow", 1, 7, 12, 13, 15)
+@op("Pow", since=(1, 7, 12, 13, 15))
 def pow_(x, y, *, broadcast=0, axis=None):
     """The output has the base's type, whatever the exponent's."""
     y = _legacy_b(x, y, broadcast, axis)
     if x.dtype.kind in "iu" and y.dtype.kind in "iu":
         return _int_pow(x, y)
     with np.errstate(all="ignore"):
-        return np.power(_wide(x), _wide(y)).astype(x.dtype, copy=False)
+        return np.power(widen(x), widen(y)).astype(x.dtype, copy=False)
 
 
 # --- variadic -------------------------------------------------------------------------------------
@@ -156,11 +138,11 @@ def _variadic(name, fn, sinces, mean=False):
     def kernel(*inputs, consumed_inputs=None):
         if not inputs:
             raise AclError(ErrorCode.INVALID_PARAM, f"{name}: needs at least one input")
-        out = reduce(fn, (_wide(x) for x in inputs))
+        out = reduce(fn, (widen(x) for x in inputs))
         if mean:
             out = out / len(inputs)
         return np.asarray(out).astype(inputs[0].dtype, copy=False)
-    _versions(name, *sinces)(kernel)
+    op(name, since=tuple(sinces))(kernel)
 
 
 _variadic("Max", np.maximum, (1, 6, 8, 12, 13))
@@ -186,7 +168,7 @@ for _name, _fn, _sinces in (
     ("Less", np.less, (1, 7, 9, 13)), ("GreaterOrEqual", np.greater_equal, (12, 16)),
     ("LessOrEqual", np.less_equal, (12, 16)),
 ):
-    _versions(_name, *_sinces)(_predicate(_fn))
+    op(_name, since=tuple(_sinces))(_predicate(_fn))
 
 
 @op("Not", since=1)
@@ -194,27 +176,27 @@ def not_(x):
     return np.logical_not(x)
 
 
-@_versions("Where", 9, 16)
+@op("Where", since=(9, 16))
 def where(condition, x, y):
     return np.where(condition, x, y)
 
 
-@_versions("Clip", 1, 6, 11, 12, 13)
+@op("Clip", since=(1, 6, 11, 12, 13))
 def clip(x, lo=None, hi=None, *, min=None, max=None, consumed_inputs=None):
     """Bounds are attributes before opset 11, optional inputs after; min > max gives max everywhere."""
     lo, hi = (min if lo is None else lo), (max if hi is None else hi)
-    y = _wide(x)
+    y = widen(x)
     with np.errstate(all="ignore"):
         if lo is not None:
-            y = np.maximum(y, _wide(np.asarray(lo)))
+            y = np.maximum(y, widen(np.asarray(lo)))
         if hi is not None:
-            y = np.minimum(y, _wide(np.asarray(hi)))
+            y = np.minimum(y, widen(np.asarray(hi)))
     return y.astype(x.dtype, copy=False)
 
 
 # --- bitwise --------------------------------------------------------------------------------------
 
-@_versions("BitShift", 11, 28)
+@op("BitShift", since=(11, 28))
 def bitshift(x, y, *, direction):
     """Right shifts of signed types are arithmetic; shifts < 0 or >= the bit width leave only the fill."""
     if direction not in ("LEFT", "RIGHT"):

@@ -87,6 +87,8 @@ def _taps(x, scale, mode, cubic_a, antialias, exclude_outside, in_len):
 
 def _resize_axis(data, axis, out_len, scale, roi, opts) -> np.ndarray:
     in_len = data.shape[axis]
+    if out_len == 0 or data.size == 0:
+        return np.zeros((*data.shape[:axis], out_len, *data.shape[axis + 1:]), dtype=data.dtype)
     x, outside = _source_coords(opts["ctm"], out_len, in_len, scale, roi)
     if opts["mode"] == "nearest":
         res = np.take(data, np.clip(_nearest_index(x, opts["nearest_mode"]), 0, in_len - 1), axis=axis)
@@ -232,7 +234,7 @@ def grid_sample(x, grid, *, align_corners=0, mode="linear", padding_mode="zeros"
     dims = x.shape[2:]
     nd = len(dims)
     dt = work_dtype(np.result_type(x.dtype, grid.dtype))
-    g = grid.astype(dt).reshape(n, -1, nd)
+    g = grid.astype(dt).reshape(n, math.prod(grid.shape[1:-1]), nd)
     borders = [(0.0, size - 1.0) if align_corners else (-0.5, size - 0.5) for size in dims]
     coords = []
     for i, size in enumerate(dims):
@@ -246,7 +248,7 @@ def grid_sample(x, grid, *, align_corners=0, mode="linear", padding_mode="zeros"
         elif padding_mode == "reflection":
             u = _reflect(u, lo, hi)
         coords.append(u)
-    flat = x.astype(dt).reshape(n, c, -1)
+    flat = x.astype(dt).reshape(n, c, math.prod(dims))
     if mode == "nearest":
         y = _gather_taps(flat, [np.trunc(u).astype(np.int64) for u in coords], dims, padding_mode, borders)
     else:
@@ -342,18 +344,21 @@ def roi_align(x, rois, batch_indices, *, coordinate_transformation_mode="output_
 # -------------------------------------------------------------------------------- NonMaxSuppression
 
 
-def _iou_matrix(boxes: np.ndarray, center_point_box: int) -> np.ndarray:
-    """Pairwise IoU of ``(S, 4)`` boxes; 0 where the boxes do not overlap or have no area."""
+def _corners(boxes: np.ndarray, center_point_box: int) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high corners ``(S, 2)`` of boxes given as corners (either order) or centre and size."""
     if center_point_box:
         half = boxes[:, 2:] / 2
-        lo, hi = boxes[:, :2] - half, boxes[:, :2] + half
-    else:
-        lo, hi = np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])
-    extent = np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0, None)
-    inter = extent.prod(axis=-1)
-    area = (hi - lo).prod(axis=-1)
-    union = area[:, None] + area[None] - inter
-    ok = (inter > 0) & (area[:, None] > 0) & (area[None] > 0) & (union > 0)
+        return boxes[:, :2] - half, boxes[:, :2] + half
+    return np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])
+
+
+def _iou(lo, hi, i: int, others: np.ndarray) -> np.ndarray:
+    """IoU of box ``i`` with each of ``others``; 0 where they do not overlap or one has no area."""
+    extent = np.minimum(hi[i], hi[others]) - np.maximum(lo[i], lo[others])
+    inter = np.clip(extent, 0, None).prod(axis=-1)
+    area_i, area = (hi[i] - lo[i]).prod(), (hi[others] - lo[others]).prod(axis=-1)
+    union = area_i + area - inter
+    ok = (inter > 0) & (area_i > 0) & (area > 0) & (union > 0)
     return np.where(ok, inter / np.where(ok, union, 1), 0.0)
 
 
@@ -365,23 +370,27 @@ def _scalar(value, default):
 @op("NonMaxSuppression", since=10)
 def non_max_suppression(boxes, scores, max_output_boxes_per_class=None, iou_threshold=None, score_threshold=None,
                         *, center_point_box=0):
-    """Greedy per-class NMS; rows of ``[batch, class, box]`` in selection order."""
+    """Greedy per-class NMS; rows of ``[batch, class, box]`` in selection order.
+
+    Each step keeps the best remaining box and drops those overlapping it, so the Python loop runs
+    once per selected box.
+    """
     limit = int(_scalar(max_output_boxes_per_class, 0))
     iou_t = float(_scalar(iou_threshold, 0.0))
     score_t = _scalar(score_threshold, None)
     found = []
     for b in range(boxes.shape[0] if limit > 0 else 0):
-        iou = _iou_matrix(boxes[b].astype(np.float64), center_point_box)
+        lo, hi = _corners(boxes[b].astype(np.float64), center_point_box)
         for c in range(scores.shape[1]):
             s = scores[b, c]
             cand = np.arange(s.shape[0]) if score_t is None else np.flatnonzero(s > score_t)
-            chosen: list[int] = []
-            for i in cand[np.argsort(-s[cand], kind="stable")]:
-                if len(chosen) >= limit:
-                    break
-                if not chosen or not (iou[i, chosen] > iou_t).any():
-                    chosen.append(i)
-            found.extend((b, c, i) for i in chosen)
+            remaining = cand[np.argsort(-s[cand], kind="stable")]
+            chosen = 0
+            while remaining.size and chosen < limit:
+                best, remaining = remaining[0], remaining[1:]
+                found.append((b, c, best))
+                chosen += 1
+                remaining = remaining[~(_iou(lo, hi, best, remaining) > iou_t)]
     return np.array(found, dtype=np.int64).reshape(-1, 3)
 
 

@@ -6,12 +6,8 @@ Products go to BLAS through ``np.matmul``; float16 and bfloat16 operands are mul
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.reduce import _LOW_PRECISION
+from opencann.ops.common import compute_dtype
 from opencann.ops.registry import op
-
-
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float32) if dtype in _LOW_PRECISION else dtype
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, ct: np.dtype) -> np.ndarray:
@@ -25,7 +21,7 @@ def _matmul(a: np.ndarray, b: np.ndarray, ct: np.dtype) -> np.ndarray:
 @op("MatMul", since=1)
 def matmul(a, b):
     """N-D batched product with NumPy's (and ONNX's) 1-D promotion rules."""
-    return _matmul(a, b, _compute_dtype(a.dtype)).astype(a.dtype, copy=False)
+    return _matmul(a, b, compute_dtype(a.dtype)).astype(a.dtype, copy=False)
 
 
 @op("Gemm", since=1)
@@ -35,7 +31,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=1):
         raise AclError(ErrorCode.INVALID_PARAM, f"Gemm needs 2-D A and B, got {a.shape} and {b.shape}")
     if not broadcast and c is not None and c.shape != (a.shape[transA], b.shape[1 - transB]):
         raise AclError(ErrorCode.INVALID_PARAM, f"Gemm C shape {c.shape} needs broadcast=1")
-    ct = _compute_dtype(a.dtype)
+    ct = compute_dtype(a.dtype)
     y = _matmul(a.T if transA else a, b.T if transB else b, ct)
     if alpha != 1.0:
         y = y * alpha
@@ -49,4 +45,4 @@ def det(x):
     """Determinant of the last two dimensions (batched over the leading ones)."""
     if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
         raise AclError(ErrorCode.INVALID_PARAM, f"Det needs square matrices in the last two dims, got {x.shape}")
-    return np.linalg.det(x.astype(_compute_dtype(x.dtype), copy=False)).astype(x.dtype, copy=False)
+    return np.linalg.det(x.astype(compute_dtype(x.dtype), copy=False)).astype(x.dtype, copy=False)

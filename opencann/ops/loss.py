@@ -7,7 +7,8 @@ targets that count (their number when no ``weight`` is given).
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.reduce import _log_softmax, _wide
+from opencann.ops.common import widen
+from opencann.ops.reduce import _log_softmax
 from opencann.ops.registry import op
 
 _REDUCTIONS = ("none", "sum", "mean")
@@ -25,11 +26,11 @@ def _nll(log_prob: np.ndarray, target: np.ndarray, weight, reduction: str, ignor
     index = np.where(counted, target, 0).astype(np.int64)
     if index.size and (index.min() < 0 or index.max() >= classes):
         raise AclError(ErrorCode.INVALID_PARAM, f"target class out of range [0, {classes})")
-    scores = _wide(log_prob)
+    scores = widen(log_prob)
     picked = np.take_along_axis(scores, index[:, None], axis=1)[:, 0]
     w = counted.astype(scores.dtype)
     if weight is not None:
-        w = w * _wide(weight)[index]
+        w = w * widen(weight)[index]
     loss = -picked * w
     if reduction == "sum":
         loss = np.sum(loss)

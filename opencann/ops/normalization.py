@@ -8,7 +8,7 @@ import numpy as np
 
 from opencann.compiler.dtypes import from_onnx
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.reduce import _wide
+from opencann.ops.common import widen
 from opencann.ops.registry import op
 
 
@@ -34,8 +34,8 @@ def _batch_norm(x, scale, b, mean, var, epsilon, momentum, training, axes):
     """Y, the updated running mean and variance, and the batch mean and variance (training only)."""
     if x.ndim < 2:
         raise AclError(ErrorCode.INVALID_PARAM, f"BatchNormalization needs rank >= 2 input, got {x.shape}")
-    xf = _wide(x)
-    s, bias, m, v = (_per_channel(_wide(p), x.ndim) for p in (scale, b, mean, var))
+    xf = widen(x)
+    s, bias, m, v = (_per_channel(widen(p), x.ndim) for p in (scale, b, mean, var))
     stats = ()
     if training:
         bm, bv = _moments(xf, axes)
@@ -72,9 +72,9 @@ def instance_norm(x, scale, b, *, epsilon=1e-5, consumed_inputs=None):
     """Normalizes each (n, c) plane over its spatial dims (``consumed_inputs``, opset 1, is ignored)."""
     if x.ndim < 3:
         raise AclError(ErrorCode.INVALID_PARAM, f"InstanceNormalization needs rank >= 3 input, got {x.shape}")
-    xf = _wide(x)
+    xf = widen(x)
     mean, var = _moments(xf, tuple(range(2, x.ndim)))
-    y = (xf - mean) / np.sqrt(var + epsilon) * _per_channel(_wide(scale), x.ndim) + _per_channel(_wide(b), x.ndim)
+    y = (xf - mean) / np.sqrt(var + epsilon) * _per_channel(widen(scale), x.ndim) + _per_channel(widen(b), x.ndim)
     return y.astype(x.dtype, copy=False)
 
 
@@ -135,7 +135,7 @@ def group_norm(x, scale, bias, *, num_groups=None, epsilon, stash_type):
 @op("MeanVarianceNormalization", since=9)
 def mean_variance_norm(x, *, axes):
     """``(x - mean) / (std + 1e-9)`` over ``axes``."""
-    xf = _wide(x)
+    xf = widen(x)
     mean, var = _moments(xf, tuple(axes))
     return ((xf - mean) / (np.sqrt(var) + 1e-9)).astype(x.dtype, copy=False)
 
@@ -145,7 +145,7 @@ def lp_norm(x, *, axis, p):
     """``x`` divided by its L1 or L2 norm along ``axis`` (0 where the norm is 0)."""
     if p not in (1, 2):
         raise AclError(ErrorCode.INVALID_PARAM, f"LpNormalization supports p = 1 or 2, got {p}")
-    xf = _wide(x)
+    xf = widen(x)
     norm = np.sum(np.abs(xf), axis=axis, keepdims=True) if p == 1 else \
         np.sqrt(np.sum(np.square(xf), axis=axis, keepdims=True))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -158,7 +158,7 @@ def lrn(x, *, size=None, alpha=1e-4, beta=0.75, bias=1.0):
     """Local response normalization across channels: ``x / (bias + alpha/size * sum x^2)^beta``."""
     if not size or size < 0 or x.ndim < 3:
         raise AclError(ErrorCode.INVALID_PARAM, f"LRN needs size > 0 and rank >= 3, got {size}, {x.shape}")
-    xf = _wide(x)
+    xf = widen(x)
     pad = [(0, 0)] * x.ndim
     pad[1] = ((size - 1) // 2, size // 2)
     padded = np.pad(np.square(xf), pad)

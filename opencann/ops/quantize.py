@@ -13,7 +13,9 @@ import numpy as np
 
 from opencann.compiler import dtypes
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.cast import FLOAT8, to_float8, versions, widen
+from opencann.ops.cast import FLOAT8, to_float8
+from opencann.ops.common import widen
+from opencann.ops.registry import op
 
 _QUANT_VERSIONS = (10, 13, 19, 21, 23, 24, 25, 28)
 
@@ -79,7 +81,7 @@ def _centered(x: np.ndarray, zero_point: np.ndarray | None) -> np.ndarray:
 
 # --- QuantizeLinear / DequantizeLinear ---------------------------------------------------------------
 
-@versions("QuantizeLinear", *_QUANT_VERSIONS)
+@op("QuantizeLinear", since=_QUANT_VERSIONS)
 def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0, saturate=1,
                     precision=0):
     out = dtypes.from_onnx(output_dtype) if output_dtype else np.dtype(np.uint8)
@@ -103,7 +105,7 @@ def _divide(x: np.ndarray, scale: np.ndarray, precision: int) -> np.ndarray:
     return q.astype(p).astype(wide)
 
 
-@versions("DequantizeLinear", *_QUANT_VERSIONS)
+@op("DequantizeLinear", since=_QUANT_VERSIONS)
 def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
     out = dtypes.from_onnx(output_dtype) if output_dtype else x_scale.dtype
     if out not in dtypes.FLOAT_TYPES:
@@ -114,7 +116,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
     return (_centered(x, zero_point).astype(wide) * widen(scale).astype(wide)).astype(out)
 
 
-@versions("DynamicQuantizeLinear", 11)
+@op("DynamicQuantizeLinear", since=(11,))
 def dynamic_quantize_linear(x):
     """uint8 quantization over [min(0, x), max(0, x)]: returns (y, scale, zero_point)."""
     x = x.astype(np.float32, copy=False)
@@ -151,12 +153,12 @@ def _matmul(a, a_zero_point, b, b_zero_point) -> np.ndarray:
     return np.matmul(a, b)
 
 
-@versions("MatMulInteger", 10)
+@op("MatMulInteger", since=(10,))
 def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
     return _to_int32(_matmul(a, a_zero_point, b, b_zero_point))
 
 
-@versions("QLinearMatMul", 10, 21)
+@op("QLinearMatMul", since=(10, 21))
 def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
     acc = _matmul(a, a_zero_point, b, b_zero_point)
     scale = (_operand_param(a_scale, row=True).astype(np.float32)
@@ -214,7 +216,7 @@ def _channel_param(p: np.ndarray | None, rank: int) -> np.ndarray | None:
     return p.reshape((-1,) + (1,) * (rank - 1))
 
 
-@versions("ConvInteger", 10)
+@op("ConvInteger", since=(10,))
 def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
                  kernel_shape=None, pads=None, strides=None):
     xc = _centered(x, None if x_zero_point is None else x_zero_point.reshape(())).astype(np.float64)
@@ -222,7 +224,7 @@ def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET
     return _to_int32(_conv(xc, wc, auto_pad, dilations, group, kernel_shape, pads, strides))
 
 
-@versions("QLinearConv", 10)
+@op("QLinearConv", since=(10,))
 def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, *,
                  auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     acc = conv_integer(x, w, x_zero_point, w_zero_point, auto_pad=auto_pad, dilations=dilations, group=group,

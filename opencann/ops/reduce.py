@@ -10,14 +10,12 @@ import ml_dtypes
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.common import widen
 from opencann.ops.registry import op
 
 _LOW_PRECISION = frozenset(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16))
 
 
-def _wide(x: np.ndarray) -> np.ndarray:
-    """``x`` in a dtype fit to accumulate in: float32 for float16/bfloat16, else unchanged."""
-    return x.astype(np.float32) if x.dtype in _LOW_PRECISION else x
 
 
 def _axes(data: np.ndarray, axes, noop_with_empty_axes: int) -> tuple[int, ...]:
@@ -60,7 +58,7 @@ def _extreme(ufunc, data, ax, keepdims, sign):
 
 
 def _log_sum_exp(data, ax, keepdims):
-    x = data.astype(np.float64) if data.dtype.kind in "iu" else _wide(data)
+    x = data.astype(np.float64) if data.dtype.kind in "iu" else widen(data)
     m = np.max(x, axis=ax, keepdims=True, initial=-np.inf)
     m = np.where(np.isfinite(m), m, 0)
     with np.errstate(divide="ignore"):
@@ -70,22 +68,22 @@ def _log_sum_exp(data, ax, keepdims):
 
 def _log_sum(data, ax, keepdims):
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.sum(_wide(data), axis=ax, keepdims=keepdims))
+        return np.log(np.sum(widen(data), axis=ax, keepdims=keepdims))
 
 
 def _mean(data, ax, keepdims):
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.mean(_wide(data), axis=ax, keepdims=keepdims)
+        return np.mean(widen(data), axis=ax, keepdims=keepdims)
 
 
-_reducer("Sum", lambda d, ax, k: np.sum(_wide(d), axis=ax, keepdims=k))
+_reducer("Sum", lambda d, ax, k: np.sum(widen(d), axis=ax, keepdims=k))
 _reducer("Mean", _mean)
-_reducer("Prod", lambda d, ax, k: np.prod(_wide(d), axis=ax, keepdims=k))
+_reducer("Prod", lambda d, ax, k: np.prod(widen(d), axis=ax, keepdims=k))
 _reducer("Max", lambda d, ax, k: _extreme(np.maximum, d, ax, k, -1))
 _reducer("Min", lambda d, ax, k: _extreme(np.minimum, d, ax, k, 1))
-_reducer("L1", lambda d, ax, k: np.sum(np.abs(_wide(d)), axis=ax, keepdims=k))
-_reducer("L2", lambda d, ax, k: np.sqrt(np.sum(np.square(_wide(d)), axis=ax, keepdims=k)))
-_reducer("SumSquare", lambda d, ax, k: np.sum(np.square(_wide(d)), axis=ax, keepdims=k))
+_reducer("L1", lambda d, ax, k: np.sum(np.abs(widen(d)), axis=ax, keepdims=k))
+_reducer("L2", lambda d, ax, k: np.sqrt(np.sum(np.square(widen(d)), axis=ax, keepdims=k)))
+_reducer("SumSquare", lambda d, ax, k: np.sum(np.square(widen(d)), axis=ax, keepdims=k))
 _reducer("LogSum", _log_sum)
 _reducer("LogSumExp", _log_sum_exp)
 
@@ -111,13 +109,13 @@ def _coerced(fn):
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     """Computed natively in float16 (NumPy has the ops; ONNX's fp16 attention tests expect that rounding)."""
-    xf = x if x.dtype == np.float16 else _wide(x)
+    xf = x if x.dtype == np.float16 else widen(x)
     e = np.exp(xf - np.max(xf, axis=axis, keepdims=True, initial=-np.inf))
     return (e / np.sum(e, axis=axis, keepdims=True)).astype(x.dtype, copy=False)
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    xf = _wide(x)
+    xf = widen(x)
     shifted = xf - np.max(xf, axis=axis, keepdims=True, initial=-np.inf)
     return (shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))).astype(x.dtype, copy=False)
 

@@ -95,10 +95,20 @@ def _schema_defaults(schema) -> dict[str, Any]:
     return out
 
 
-def op(name: str, *, since: int = 1, domain: str = "", infer: Callable | None = None,
+def op(name: str, *, since: int | tuple[int, ...] = 1, domain: str = "", infer: Callable | None = None,
        schema: Any = None) -> Callable[[Callable], Callable]:
-    """Register ``fn`` as the reference kernel of ``domain::name`` from opset ``since`` on."""
+    """Register ``fn`` as the reference kernel of ``domain::name`` from opset ``since`` on.
+
+    A tuple of versions registers the same kernel for each (each keeps its own ONNX schema).
+    """
     domain = _norm_domain(domain)
+    if isinstance(since, tuple):
+        def register_all(fn: Callable) -> Callable:
+            for version in since:
+                op(name, since=version, domain=domain, infer=infer, schema=schema)(fn)
+            return fn
+
+        return register_all
 
     def register(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
@@ -157,5 +167,6 @@ def _load_library() -> None:
     """Import the operator modules (they register themselves) on first use."""
     global _loaded
     if not _loaded:
-        _loaded = True
         import opencann.ops.library  # noqa: F401
+
+        _loaded = True

@@ -8,14 +8,12 @@ attribute arrives under the input's parameter name.
 """
 import math
 
-import ml_dtypes
 import numpy as np
 
 from opencann.compiler import dtypes
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.common import LOW_FLOATS, compute_dtype
 from opencann.ops.registry import op
-
-_LOW_FLOATS = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def _ints(v) -> list[int]:
@@ -29,10 +27,6 @@ def _axis(axis, rank: int, where: str) -> int:
         raise AclError(ErrorCode.INVALID_PARAM, f"{where}: axis {a} out of range for rank {rank}")
     return a % rank if rank else 0
 
-
-def _compute_dtype(dt: np.dtype) -> np.dtype:
-    """float32 for the half-precision types NumPy computes poorly in, else the dtype itself."""
-    return np.dtype(np.float32) if dt in _LOW_FLOATS else dt
 
 
 # --- creation -------------------------------------------------------------------------------------
@@ -69,7 +63,7 @@ def constant_of_shape(shape, *, value=None):
 def range_(start, limit, delta, *, stash_type=1):
     """``start + i * delta`` below ``limit``; the bounds are scalars (or 1-element tensors)."""
     dt = start.dtype
-    work = np.dtype(np.float32) if dt in _LOW_FLOATS and stash_type else dt
+    work = np.dtype(np.float32) if dt in LOW_FLOATS and stash_type else dt
     s, lim, d = (np.asarray(v).reshape(-1)[0].astype(work) for v in (start, limit, delta))
     if not d:
         raise AclError(ErrorCode.INVALID_PARAM, "Range: delta must not be 0")
@@ -303,7 +297,7 @@ def col2im(x, image_shape, block_shape, *, dilations=None, pads=None, strides=No
     if ckl % kk or length != math.prod(grid):
         raise AclError(ErrorCode.INVALID_PARAM, f"Col2Im: input shape {x.shape} does not match blocks")
     cols = x.reshape(n, ckl // kk, kk * length)
-    work = _compute_dtype(x.dtype)
+    work = compute_dtype(x.dtype)
     out = np.zeros((n, ckl // kk, math.prod(padded)), dtype=work)
     np.add.at(out, (slice(None), slice(None), flat), cols.astype(work, copy=False))
     out = out.reshape(n, ckl // kk, *padded)
@@ -324,7 +318,7 @@ def reverse_sequence(x, sequence_lens, *, batch_axis=1, time_axis=0):
 
 def _scan(ufunc, x, axis, exclusive: int, reverse: int, identity_value):
     ax = _axis(np.asarray(axis).reshape(-1)[0], x.ndim, ufunc.__name__)
-    work = _compute_dtype(x.dtype)
+    work = compute_dtype(x.dtype)
     y = np.moveaxis(x.astype(work, copy=False), ax, 0)
     if reverse:
         y = y[::-1]
@@ -348,6 +342,6 @@ def cumprod(x, axis, *, exclusive=0, reverse=0):
 
 @op("Einsum", since=12)
 def einsum(*inputs, equation):
-    work = [x.astype(_compute_dtype(x.dtype), copy=False) for x in inputs]
+    work = [x.astype(compute_dtype(x.dtype), copy=False) for x in inputs]
     out = np.einsum(equation.replace(" ", ""), *work, optimize=len(work) > 2)
     return np.asarray(out).astype(inputs[0].dtype, copy=False)

@@ -34,7 +34,7 @@ def infer_node(node: Node, opsets: dict[str, int]) -> list[ValueType | None]:
     d = registry.lookup(node.op, opset, node.domain)
     if d is not None and d.infer is not None:
         return list(d.infer(node))
-    schema = d.schema if d is not None else registry.onnx_schema(node.op, opset, node.domain)
+    schema = registry.onnx_schema(node.op, opset, node.domain) or (d.schema if d is not None else None)
     if schema is None:
         return [None] * len(node.outputs)
     return _onnx_infer(node, schema, opsets)
