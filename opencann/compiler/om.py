@@ -60,8 +60,8 @@ class CompiledModel:
 # ---------------------------------------------------------------- writing
 
 
-def dumps(model: CompiledModel) -> bytes:
-    """The ``.om`` bytes of a compiled model."""
+def encode(model: CompiledModel) -> tuple[dict[str, Any], bytes]:
+    """The header (a JSON-ready dict) and data section of a compiled model."""
     blobs: list[bytes] = []
     offset = 0
     tensors: list[dict[str, Any]] = []
@@ -83,6 +83,12 @@ def dumps(model: CompiledModel) -> bytes:
     data = b"".join(blobs)
     header = {"producer": f"opencann {__version__}", "target": model.target, "build_options": model.build_options,
               "extra": model.extra, "graph": graph, "tensors": tensors, "data_sha256": hashlib.sha256(data).hexdigest()}
+    return header, data
+
+
+def dumps(model: CompiledModel) -> bytes:
+    """The ``.om`` bytes of a compiled model."""
+    header, data = encode(model)
     head = json.dumps(header, separators=(",", ":")).encode()
     preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(head), zlib.crc32(head), 0)
     pad = -(len(preamble) + len(head)) % ALIGN
