@@ -86,6 +86,7 @@ def _taps(x, scale, mode, cubic_a, antialias, exclude_outside, in_len):
 
 
 def _resize_axis(data, axis, out_len, scale, roi, opts) -> np.ndarray:
+    """Resize one axis of ``data`` to ``out_len``: a gather per tap, weighted and summed."""
     in_len = data.shape[axis]
     if out_len == 0 or data.size == 0:
         return np.zeros((*data.shape[:axis], out_len, *data.shape[axis + 1:]), dtype=data.dtype)

@@ -1,8 +1,9 @@
 """Pooling (seed layer 2, NN library): AveragePool, MaxPool, LpPool, the global pools and MaxUnpool.
 
-Windows come from :func:`opencann.ops.conv.windows` (a strided view, no copy) and are reduced over
-their kernel axes. ``ceil_mode`` adds end padding that no window ever counts; a last window that would
-start in the end padding is dropped, as in ONNX and PyTorch.
+Windows come from :func:`opencann.ops.conv.windows` (a strided view, no copy) and are reduced one
+kernel tap at a time (``np.maximum``/``np.add`` into an accumulator), which is much faster than a
+reduction over the strided kernel axes. ``ceil_mode`` adds end padding that no window ever counts; a
+last window that would start in the end padding is dropped, as in ONNX and PyTorch.
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
              storage_order=0, strides=None, n_outputs=1):
     strides, dilations, begin, end, extra = _geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
     dt = np.dtype(np.float32) if x.dtype.kind == "V" else x.dtype
-    ends = [e + x for e, x in zip(end, extra, strict=True)]
+    ends = [e + more for e, more in zip(end, extra, strict=True)]
     win = windows(x.astype(dt, copy=False), kernel_shape, strides, dilations, begin, ends, _lowest(dt))
     if n_outputs < 2:
         return _fold(win, len(kernel_shape), np.maximum).astype(x.dtype, copy=False)
@@ -96,7 +97,7 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
 
 
 def _window_sums(x, kernel_shape, strides, dilations, begin, end, extra):
-    ends = [e + x for e, x in zip(end, extra, strict=True)]
+    ends = [e + more for e, more in zip(end, extra, strict=True)]
     return _fold(windows(x, kernel_shape, strides, dilations, begin, ends), len(kernel_shape), np.add)
 
 
