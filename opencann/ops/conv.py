@@ -4,26 +4,19 @@ Conv is an im2col: the padded channels-last input is viewed as sliding windows
 (``numpy.lib.stride_tricks.sliding_window_view``), copied once into a ``(groups, pixels, K * Cg)``
 matrix and multiplied with the weights in one batched BLAS matmul (depthwise convs instead sum one
 multiply-add per kernel tap). ConvTranspose is the reverse, a col2im: one matmul, then a scatter-add
-per kernel tap. float16 and bfloat16 accumulate in float32. :func:`conv_pads`, :func:`windows` and
-:func:`work_dtype` are shared with :mod:`opencann.ops.pool`.
+per kernel tap. Low-precision floats accumulate in float32. :func:`conv_pads` and :func:`windows` are
+shared with :mod:`opencann.ops.pool`; those and :func:`gemm_windows` with :mod:`opencann.ops.quantize`.
 """
 from __future__ import annotations
 
 import math
 
-import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.common import compute_dtype
 from opencann.ops.registry import op
-
-_LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-
-
-def work_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype to compute in: float32 for float16/bfloat16, the dtype itself otherwise."""
-    return np.dtype(np.float32) if np.dtype(dtype) in _LOW_PRECISION else np.dtype(dtype)
 
 
 def conv_pads(auto_pad: str, pads, in_shape, kernel, strides, dilations) -> tuple[list[int], list[int]]:
@@ -116,7 +109,7 @@ def _spatial(x, w, strides, dilations):
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None):
     nd, strides, dilations = _spatial(x, w, strides, dilations)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     kernel = w.shape[2:]
     begin, end = conv_pads(auto_pad, pads, x.shape[2:], kernel, strides, dilations)
     last = np.ascontiguousarray(np.moveaxis(x.astype(dt, copy=False), 1, -1))
@@ -155,7 +148,7 @@ def _crop(y: np.ndarray, begin, end) -> np.ndarray:
 def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                    output_padding=None, output_shape=None, pads=None, strides=None):
     nd, strides, dilations = _spatial(x, w, strides, dilations)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     n, c = x.shape[:2]
     kernel, in_shape = w.shape[2:], x.shape[2:]
     out_pad = list(output_padding or [0] * nd)
@@ -202,7 +195,7 @@ def _deform_sample(x, coords):
 def deform_conv(x, w, offset, b=None, mask=None, *, dilations=None, group=1, kernel_shape=None,
                 offset_group=1, pads=None, strides=None):
     nd, strides, dilations = _spatial(x, w, strides, dilations)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     n, c = x.shape[:2]
     kernel, out = w.shape[2:], offset.shape[2:]
     ktaps = math.prod(kernel)
@@ -238,7 +231,7 @@ def causal_conv_with_state(x, w, b=None, past_state=None, *, activation="none"):
     k = w.shape[2]
     past = np.zeros((batch, channels, k - 1), x.dtype) if past_state is None else past_state.astype(x.dtype)
     padded = np.concatenate([past, x], axis=2)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     cols = windows(padded.astype(dt).transpose(0, 2, 1), [k], [1], [1], [0], [0], first=1)
     y = _add_bias(gemm_windows(cols, w.astype(dt), channels), b)
     if activation != "none":

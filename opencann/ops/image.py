@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.conv import work_dtype
+from opencann.ops.common import compute_dtype
 from opencann.ops.registry import op
 
 # --------------------------------------------------------------------------------------------- Resize
@@ -234,7 +234,7 @@ def grid_sample(x, grid, *, align_corners=0, mode="linear", padding_mode="zeros"
     n, c = x.shape[:2]
     dims = x.shape[2:]
     nd = len(dims)
-    dt = work_dtype(np.result_type(x.dtype, grid.dtype))
+    dt = compute_dtype(np.result_type(x.dtype, grid.dtype))
     g = grid.astype(dt).reshape(n, math.prod(grid.shape[1:-1]), nd)
     borders = [(0.0, size - 1.0) if align_corners else (-0.5, size - 0.5) for size in dims]
     coords = []
@@ -282,7 +282,7 @@ def affine_grid(theta, size, *, align_corners=0):
             axes.append((np.arange(length) * 2.0 + 1) / length - 1)
     mesh = np.meshgrid(*axes, indexing="ij")
     base = np.stack([*mesh[::-1], np.ones(spatial)], axis=-1).reshape(-1, nd + 1)
-    dt = work_dtype(theta.dtype)
+    dt = compute_dtype(theta.dtype)
     out = np.matmul(base.astype(dt), theta.astype(dt).transpose(0, 2, 1))
     return out.reshape(theta.shape[0], *spatial, nd).astype(theta.dtype, copy=False)
 

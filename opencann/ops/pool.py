@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.conv import conv_pads, windows, work_dtype
+from opencann.ops.common import compute_dtype
+from opencann.ops.conv import conv_pads, windows
 from opencann.ops.registry import op
 
 
@@ -105,7 +106,7 @@ def _window_sums(x, kernel_shape, strides, dilations, begin, end, extra):
 def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
                  pads=None, strides=None):
     strides, dilations, begin, end, extra = _geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     sums = _window_sums(x.astype(dt, copy=False), kernel_shape, strides, dilations, begin, end, extra)
     ones = np.ones((1, 1, *x.shape[2:]), dtype=dt)
     if count_include_pad:
@@ -118,7 +119,7 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
 @op("LpPool", since=1)
 def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, p=2, pads=None, strides=None):
     strides, dilations, begin, end, extra = _geometry(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode)
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     sums = _window_sums(np.abs(x.astype(dt, copy=False)) ** p, kernel_shape, strides, dilations, begin, end, extra)
     return (sums ** (1.0 / p)).astype(x.dtype, copy=False)
 
@@ -126,7 +127,7 @@ def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
 @op("GlobalAveragePool", since=1)
 def global_average_pool(x):
     axes = tuple(range(2, x.ndim))
-    return x.astype(work_dtype(x.dtype), copy=False).mean(axis=axes, keepdims=True).astype(x.dtype, copy=False)
+    return x.astype(compute_dtype(x.dtype), copy=False).mean(axis=axes, keepdims=True).astype(x.dtype, copy=False)
 
 
 @op("GlobalMaxPool", since=1)
@@ -137,7 +138,7 @@ def global_max_pool(x):
 @op("GlobalLpPool", since=1)
 @op("GlobalLpPool", since=2)
 def global_lp_pool(x, *, p=2):
-    dt = work_dtype(x.dtype)
+    dt = compute_dtype(x.dtype)
     sums = (np.abs(x.astype(dt, copy=False)) ** p).sum(axis=tuple(range(2, x.ndim)), keepdims=True)
     return (sums ** (1.0 / p)).astype(x.dtype, copy=False)
 

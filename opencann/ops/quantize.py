@@ -4,7 +4,7 @@ MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv.
 Scales and zero points are per tensor (scalar), per axis (1-D) or blocked (``block_size``). Integer
 targets round half to even and saturate to the type's range; float8/float4 targets convert as Cast does.
 Integer products are accumulated exactly (in float64, which holds every int8 dot product below 2**53)
-and wrap to int32 as ONNX allows.
+and wrap to int32 as ONNX allows; ConvInteger and QLinearConv use Conv's im2col (:mod:`opencann.ops.conv`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 from opencann.compiler import dtypes
 from opencann.errors import AclError, ErrorCode
 from opencann.ops.cast import FLOAT8, to_float8
-from opencann.ops.common import widen
+from opencann.ops.common import compute_dtype, widen
+from opencann.ops.conv import conv_pads, gemm_windows, windows
 from opencann.ops.registry import op
 
 _QUANT_VERSIONS = (10, 13, 19, 21, 23, 24, 25, 28)
@@ -49,10 +50,6 @@ def _axis(axis: int, rank: int, op: str) -> int:
     if not -rank <= axis < rank:
         raise AclError(ErrorCode.INVALID_PARAM, f"{op}: axis {axis} out of range for rank {rank}")
     return axis % rank
-
-
-def _compute_dtype(dt: np.dtype) -> type:
-    return np.float64 if dt == np.float64 else np.float32
 
 
 def _saturate(q: np.ndarray, zero_point: np.ndarray | None, dtype: np.dtype, saturate: int = 1) -> np.ndarray:
@@ -100,7 +97,7 @@ def _divide(x: np.ndarray, scale: np.ndarray, precision: int) -> np.ndarray:
     p = dtypes.from_onnx(precision) if precision else scale.dtype
     if p not in dtypes.FLOAT_TYPES:
         p = np.dtype(np.float32)
-    wide = _compute_dtype(p)
+    wide = compute_dtype(p)
     q = widen(x).astype(p).astype(wide) / widen(scale).astype(p).astype(wide)
     return q.astype(p).astype(wide)
 
@@ -110,7 +107,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
     out = dtypes.from_onnx(output_dtype) if output_dtype else x_scale.dtype
     if out not in dtypes.FLOAT_TYPES:
         out = np.dtype(np.float32)
-    wide = _compute_dtype(out)
+    wide = compute_dtype(out)
     scale = _expand(x_scale, x.shape, axis, block_size, "DequantizeLinear")
     zero_point = _expand(x_zero_point, x.shape, axis, block_size, "DequantizeLinear")
     return (_centered(x, zero_point).astype(wide) * widen(scale).astype(wide)).astype(out)
@@ -168,45 +165,21 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
 
 # --- integer convolution -----------------------------------------------------------------------------
 
-def _conv_pads(in_shape, kernel, strides, dilations, pads, auto_pad) -> list[tuple[int, int]]:
-    """(begin, end) padding per spatial axis, resolving ``auto_pad``."""
-    nd = len(in_shape)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = []
-        for size, k, s, d in zip(in_shape, kernel, strides, dilations, strict=True):
-            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-            small = total // 2
-            out.append((small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small))
-        return out
-    if auto_pad == "VALID" or pads is None:
-        return [(0, 0)] * nd
-    return list(zip(pads[:nd], pads[nd:], strict=True))
-
-
 def _conv(x, w, auto_pad, dilations, group, kernel_shape, pads, strides):
-    """N-d grouped convolution of float64 ``x`` (N, C, ...) by ``w`` (M, C/group, ...) via im2col."""
+    """N-d grouped convolution of float64 ``x`` (N, C, ...) by ``w`` (M, C/group, ...): Conv's im2col
+    (:func:`~opencann.ops.conv.windows` and :func:`~opencann.ops.conv.gemm_windows`), exact in float64."""
     nd = x.ndim - 2
     kernel = w.shape[2:]
     if kernel_shape is not None and tuple(kernel_shape) != kernel:
         raise AclError(ErrorCode.INVALID_PARAM, f"conv: kernel_shape {kernel_shape} differs from weight {w.shape}")
-    strides = tuple(strides or (1,) * nd)
-    dilations = tuple(dilations or (1,) * nd)
-    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-    padded = np.pad(x, [(0, 0), (0, 0)] + _conv_pads(x.shape[2:], kernel, strides, dilations, pads, auto_pad))
-    if any(padded.shape[2 + i] < spans[i] for i in range(nd)):
-        raise AclError(ErrorCode.INVALID_PARAM, f"conv: kernel {kernel} larger than padded input {padded.shape}")
-    win = np.lib.stride_tricks.sliding_window_view(padded, spans, axis=tuple(range(2, 2 + nd)))
-    win = win[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-              + tuple(slice(None, None, d) for d in dilations)]
-    c_in, m_out = w.shape[1], w.shape[0]
-    if x.shape[1] != c_in * group or m_out % group:
-        raise AclError(ErrorCode.INVALID_PARAM, f"conv: input channels {x.shape[1]} and weight {w.shape} "
-                                                f"do not match group={group}")
-    m_per = m_out // group
-    reduce_axes = [1] + list(range(2 + nd, 2 + 2 * nd))
-    outs = [np.tensordot(win[:, g * c_in:(g + 1) * c_in], w[g * m_per:(g + 1) * m_per],
-                         axes=(reduce_axes, list(range(1, 2 + nd)))) for g in range(group)]
-    return np.moveaxis(np.concatenate(outs, axis=-1), -1, 1)
+    strides = list(strides or [1] * nd)
+    dilations = list(dilations or [1] * nd)
+    begin, end = conv_pads(auto_pad, pads, x.shape[2:], kernel, strides, dilations)
+    padded = (*x.shape[:2], *(n + b + e for n, b, e in zip(x.shape[2:], begin, end, strict=True)))
+    if any(p < (k - 1) * d + 1 for p, k, d in zip(padded[2:], kernel, dilations, strict=True)):
+        raise AclError(ErrorCode.INVALID_PARAM, f"conv: kernel {kernel} larger than padded input {padded}")
+    last = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    return gemm_windows(windows(last, kernel, strides, dilations, begin, end, first=1), w, group)
 
 
 def _channel_param(p: np.ndarray | None, rank: int) -> np.ndarray | None:

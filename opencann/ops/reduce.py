@@ -6,16 +6,11 @@ from opset 13, the others from 18); one kernel serves both, since ``axes`` arriv
 sums, 1 for products, -inf/inf for max/min). Softmax, LogSoftmax and Hardmax coerce the input to 2-D
 at ``axis`` before opset 13 and work along the single ``axis`` from opset 13 on.
 """
-import ml_dtypes
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
 from opencann.ops.common import widen
 from opencann.ops.registry import op
-
-_LOW_PRECISION = frozenset(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16))
-
-
 
 
 def _axes(data: np.ndarray, axes, noop_with_empty_axes: int) -> tuple[int, ...]:

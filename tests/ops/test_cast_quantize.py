@@ -3,47 +3,25 @@
 Each case runs one node through the ONNX backend; the oracle is NumPy/ml_dtypes, or onnxruntime where
 it implements the case.
 """
+import functools
+
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from opencann.compiler import dtypes
 from opencann.errors import AclError
 from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_node, run_node
 
 RNG = np.random.default_rng(0)
 E4M3 = ml_dtypes.float8_e4m3fn
 E8M0 = ml_dtypes.float8_e8m0fnu
 
 
-def _model(op, inputs, opset, attrs):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    node = helper.make_node(op, names, ["out"], **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info("out", onnx.TypeProto())])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def run(op, *inputs, opset=25, **attrs):
-    """Our output of one ``op`` node (``None`` inputs are omitted optional ones)."""
-    model = _model(op, inputs, opset, attrs)
-    return OpencannBackend.prepare(model).run([x for x in inputs if x is not None])[0]
-
-
-def check_ort(op, *inputs, opset=21, **attrs):
-    """Compare our output with onnxruntime's, dtype and values."""
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(op, inputs, opset, attrs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, {f"in{i}": np.asarray(x) for i, x in enumerate(inputs) if x is not None})[0]
-    got = run(op, *inputs, opset=opset, **attrs)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_array_equal(got, want)
+run = functools.partial(run_node, opset=25)
+check_ort = functools.partial(check_node, exact=True)
 
 
 # --- Cast ------------------------------------------------------------------------------------------

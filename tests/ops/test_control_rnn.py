@@ -5,44 +5,18 @@ activation parameters, scan axes); the rest with NumPy.
 """
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_graph, run_graph
 
 RNG = np.random.default_rng(0)
 F = TensorProto.FLOAT
 
 
-def _info(name, x):
-    """A value info for a tensor or a list (sequence of float tensors) input."""
-    if isinstance(x, list):
-        return helper.make_tensor_sequence_value_info(name, F, None)
-    return helper.make_tensor_value_info(name, dtypes.to_onnx(x.dtype), x.shape)
-
-
-def _model(nodes, inputs: dict, outputs, opset):
-    graph = helper.make_graph(nodes, "g", [_info(n, x) for n, x in inputs.items()],
-                              [helper.make_value_info(o, onnx.TypeProto()) for o in outputs])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def run(nodes, inputs: dict, outputs, opset=21):
-    return OpencannBackend.prepare(_model(nodes, inputs, outputs, opset)).run(list(inputs.values()))
-
-
-def check_ort(nodes, inputs: dict, outputs, opset=21, rtol=1e-5, atol=1e-6):
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(nodes, inputs, outputs, opset))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, inputs)
-    got = run(nodes, inputs, outputs, opset)
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+run = run_graph
+check_ort = check_graph
 
 
 def rand(*shape, dtype=np.float32):

@@ -3,56 +3,24 @@
 Each case runs one node through the ONNX backend; the oracle is onnxruntime (float32 for low-precision
 inputs) or NumPy.
 """
+import functools
 import io
 
 import ml_dtypes
 import numpy as np
-import onnx
 import PIL.Image
 import pytest
-from onnx import helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_node, ort_node, run_node
 
 BF16 = ml_dtypes.bfloat16
 RNG = np.random.default_rng(0)
 
 
-def _model(op, inputs, n_outputs, opset, attrs):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    outs = [f"out{i}" for i in range(n_outputs)]
-    node = helper.make_node(op, names, outs, **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def run(op, *inputs, n_outputs=1, opset=22, **attrs):
-    """Our outputs of one ``op`` node (``None`` inputs are omitted optional ones)."""
-    out = OpencannBackend.prepare(_model(op, inputs, n_outputs, opset, attrs)).run(
-        [x for x in inputs if x is not None])
-    return out[0] if n_outputs == 1 else out
-
-
-def ort_run(op, *inputs, n_outputs=1, opset=21, **attrs):
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(op, inputs, n_outputs, opset, attrs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {f"in{i}": x for i, x in enumerate(inputs) if x is not None})
-
-
-def check_ort(op, *inputs, n_outputs=1, opset=21, rtol=1e-5, atol=1e-5, **attrs):
-    """Compare our outputs with onnxruntime's: dtype, shape and values."""
-    want = ort_run(op, *inputs, n_outputs=n_outputs, opset=opset, **attrs)
-    got = run(op, *inputs, n_outputs=n_outputs, opset=opset, **attrs)
-    for g, w in zip([got] if n_outputs == 1 else got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+run = functools.partial(run_node, opset=22)
+ort_run = ort_node
+check_ort = functools.partial(check_node, atol=1e-5)
 
 
 def check_low_precision(op, dtype, *inputs, opset=21, rtol=1e-2, **attrs):

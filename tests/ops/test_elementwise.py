@@ -3,51 +3,23 @@
 Each case runs one node through the ONNX backend; the oracle is NumPy (in float32 for low-precision
 floats), Python's math module, or onnxruntime where it implements the case.
 """
+import functools
 import math
 
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
 from opencann.ops.elementwise import erf
+from tests.ops.single_node import check_node, run_node
 
 RNG = np.random.default_rng(0)
 BF16 = ml_dtypes.bfloat16
 
 
-def _model(op, inputs, opset, attrs):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    node = helper.make_node(op, names, ["out"], **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info("out", onnx.TypeProto())])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def run(op, *inputs, opset=25, **attrs):
-    """Our output of one ``op`` node (``None`` inputs are omitted optional ones)."""
-    return OpencannBackend.prepare(_model(op, inputs, opset, attrs)).run([x for x in inputs if x is not None])[0]
-
-
-def check_ort(op, *inputs, opset=21, exact=True, **attrs):
-    """Compare our output with onnxruntime's: dtype, shape and values."""
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(op, inputs, opset, attrs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, {f"in{i}": x for i, x in enumerate(inputs) if x is not None})[0]
-    got = run(op, *inputs, opset=opset, **attrs)
-    assert got.dtype == want.dtype and got.shape == want.shape
-    if exact:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+run = functools.partial(run_node, opset=25)
+check_ort = functools.partial(check_node, exact=True)
 
 
 def _randn(*shape, dtype=np.float32):

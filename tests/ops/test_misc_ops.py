@@ -3,54 +3,23 @@
 Each case runs one node through the ONNX backend; the oracle is NumPy, or onnxruntime where it
 implements the case.
 """
+import functools
+
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_node, run_node
 
 BF16 = ml_dtypes.bfloat16
 ML = "ai.onnx.ml"
 RNG = np.random.default_rng(0)
 
 
-def _model(op, inputs, n_outputs, opset, domain, attrs, ml_opset=5):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    outs = [f"out{i}" for i in range(n_outputs)]
-    node = helper.make_node(op, names, outs, domain=domain, **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
-    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(ML, ml_opset)] if domain == ML else [])
-    return helper.make_model(graph, opset_imports=imports)
-
-
-def run(op, *inputs, n_outputs=1, opset=23, domain="", ml_opset=5, **attrs):
-    """Our outputs of one ``op`` node (``None`` inputs are omitted optional ones)."""
-    model = _model(op, inputs, n_outputs, opset, domain, attrs, ml_opset)
-    out = OpencannBackend.prepare(model).run([x for x in inputs if x is not None])
-    return out[0] if n_outputs == 1 else out
-
-
-def check_ort(op, *inputs, n_outputs=1, opset=23, domain="", rtol=1e-5, atol=1e-6, **attrs):
-    """Compare our outputs with onnxruntime's, dtype, shape and values."""
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(op, inputs, n_outputs, opset, domain, attrs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, {f"in{i}": x for i, x in enumerate(inputs) if x is not None})
-    got = run(op, *inputs, n_outputs=n_outputs, opset=opset, domain=domain, **attrs)
-    for g, w in zip([got] if n_outputs == 1 else got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        if g.dtype == object:
-            assert g.tolist() == w.tolist()
-        else:
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=rtol, atol=atol)
+run = functools.partial(run_node, opset=23, domain_opset=5)
+check_ort = functools.partial(check_node, opset=23, domain_opset=5, f64=True)
 
 
 def f32(*shape):
@@ -260,9 +229,9 @@ def test_label_encoder_repeated_key_last_wins():
 
 def test_label_encoder_1_both_directions():
     classes = ["a", "b", "c"]
-    y = run("LabelEncoder", strings("c", "z"), domain=ML, ml_opset=1, classes_strings=classes)
+    y = run("LabelEncoder", strings("c", "z"), domain=ML, domain_opset=1, classes_strings=classes)
     assert y.dtype == np.int64 and y.tolist() == [2, -1]
-    y = run("LabelEncoder", np.array([1, 5], np.int64), domain=ML, ml_opset=1, classes_strings=classes,
+    y = run("LabelEncoder", np.array([1, 5], np.int64), domain=ML, domain_opset=1, classes_strings=classes,
             default_string="?")
     assert y.tolist() == ["b", "?"]
 

@@ -4,51 +4,22 @@ ONNX's node suite does not cover.
 Each case runs one node through the ONNX backend; the oracle is NumPy (in float64, or float32 for
 low-precision floats) or onnxruntime where it implements the case.
 """
+import functools
+
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_node, run_node
 
 RNG = np.random.default_rng(0)
 BF16 = ml_dtypes.bfloat16
 TRAINING = "ai.onnx.preview.training"
 
 
-def _model(op, inputs, n_outputs, opset, attrs, domain=""):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    outs = [f"out{i}" for i in range(n_outputs)]
-    node = helper.make_node(op, names, outs, domain=domain, **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
-    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    return helper.make_model(graph, opset_imports=opsets)
-
-
-def run(op, *inputs, opset=23, n_outputs=1, domain="", **attrs):
-    """Our outputs of one ``op`` node (a single array when ``n_outputs`` is 1)."""
-    model = _model(op, inputs, n_outputs, opset, attrs, domain)
-    outs = OpencannBackend.prepare(model).run([x for x in inputs if x is not None])
-    return outs[0] if n_outputs == 1 else outs
-
-
-def check_ort(op, *inputs, opset=21, n_outputs=1, rtol=1e-5, **attrs):
-    """Compare our outputs with onnxruntime's: dtype, shape and values."""
-    ort = pytest.importorskip("onnxruntime")
-    model = onnx.shape_inference.infer_shapes(_model(op, inputs, n_outputs, opset, attrs))
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    wants = sess.run(None, {f"in{i}": x for i, x in enumerate(inputs) if x is not None})
-    gots = run(op, *inputs, opset=opset, n_outputs=n_outputs, **attrs)
-    for got, want in zip(gots if n_outputs > 1 else [gots], wants, strict=True):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=1e-6)
+run = functools.partial(run_node, opset=23)
+check_ort = functools.partial(check_node, f64=True)
 
 
 def _randn(*shape, dtype=np.float32):

@@ -3,53 +3,21 @@
 Each case runs one node through the ONNX backend; the oracle is NumPy, or onnxruntime where it
 implements the case.
 """
+import functools
+
 import ml_dtypes
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 
-from opencann.compiler import dtypes
 from opencann.errors import AclError
-from opencann.frontends.onnx.backend import OpencannBackend
+from tests.ops.single_node import check_node, run_node
 
 BF16 = ml_dtypes.bfloat16
 RNG = np.random.default_rng(0)
 
 
-def _model(op, inputs, n_outputs, opset, attrs):
-    names = [f"in{i}" if x is not None else "" for i, x in enumerate(inputs)]
-    outs = [f"out{i}" for i in range(n_outputs)]
-    node = helper.make_node(op, names, outs, **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(n, dtypes.to_onnx(x.dtype), x.shape)
-         for n, x in zip(names, inputs, strict=True) if n],
-        [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def run(op, *inputs, n_outputs=1, opset=21, **attrs):
-    """Our outputs of one ``op`` node (``None`` inputs are omitted optional ones)."""
-    model = _model(op, inputs, n_outputs, opset, attrs)
-    feeds = [x for x in inputs if x is not None]
-    out = OpencannBackend.prepare(model).run(feeds)
-    return out[0] if n_outputs == 1 else out
-
-
-def check_ort(op, *inputs, n_outputs=1, opset=21, **attrs):
-    """Compare our outputs with onnxruntime's, dtype and values."""
-    ort = pytest.importorskip("onnxruntime")
-    model = _model(op, inputs, n_outputs, opset, attrs)
-    model = onnx.shape_inference.infer_shapes(model)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {f"in{i}": x for i, x in enumerate(inputs) if x is not None}
-    want = sess.run(None, feeds)
-    got = run(op, *inputs, n_outputs=n_outputs, opset=opset, **attrs)
-    got = [got] if n_outputs == 1 else got
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-6)
+run = run_node
+check_ort = functools.partial(check_node, rtol=1e-6, atol=0)
 
 
 def i64(*v):
