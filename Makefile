@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[dev,tf]' 'torch==2.13.0'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,0 +1,36 @@
+"""Neural-network layers and their gradients."""
+from __future__ import annotations
+
+import numpy as np
+
+from opencann.frontends.tensorflow.importer import Context, tf_op
+
+
+@tf_op("BiasAdd")
+def bias_add(ctx: Context, op):
+    x, b = ctx.inputs(op)
+    if ctx.attr(op, "data_format", "NHWC") == "NCHW" and op.inputs[0].shape.rank > 2:
+        shape = [-1] + [1] * (op.inputs[0].shape.rank - 2)
+        b = ctx.node("Reshape", [b, ctx.const(np.array(shape, np.int64))])
+    return [ctx.node("Add", [x, b])]
+
+
+@tf_op("BiasAddGrad")
+def bias_add_grad(ctx: Context, op):
+    return [ctx.node("BiasAddGrad", ctx.inputs(op), domain="opencann",
+                     data_format=ctx.attr(op, "data_format", "NHWC"))]
+
+
+@tf_op("ReluGrad")
+def relu_grad(ctx: Context, op):
+    return [ctx.node("ReluGrad", ctx.inputs(op), domain="opencann")]
+
+
+@tf_op("Softmax", "LogSoftmax")
+def softmax(ctx: Context, op):
+    return [ctx.node(op.type, ctx.inputs(op), axis=-1)]
+
+
+@tf_op("SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits")
+def softmax_cross_entropy(ctx: Context, op):
+    return list(ctx.node(op.type, ctx.inputs(op), n_outputs=2, domain="opencann"))

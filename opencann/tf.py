@@ -1,0 +1,75 @@
+"""Run TensorFlow programs on opencann — the analogue of CANN's ``npu_device.open().as_default()``.
+
+    import opencann.tf as oc
+    oc.enable(device=0, precision_mode="force_fp32")
+    model.fit(x, y)           # Keras' train/test/predict functions run on opencann
+    oc.disable()              # TensorFlow runs them again
+
+Every ``tf.function`` called from eager code is traced by TensorFlow, compiled by opencann (cached per
+input signature) and executed on the opencann device; variables stay TensorFlow's, so weights can be
+read, checkpointed and saved as usual. Eager code outside functions runs as before. A function with an
+operator opencann does not support stops with an error listing every such operator (nothing silently
+falls back to TensorFlow).
+"""
+from __future__ import annotations
+
+from opencann.compiler.pipeline import BuildOptions
+from opencann.errors import AclError, ErrorCode
+from opencann.frontends.tensorflow.adapter import Adapter, run_program
+
+_adapter: Adapter | None = None
+
+
+def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str | None = None) -> Adapter:
+    """Route tf.function execution to opencann (idempotent); returns the adapter (its ``programs``,
+    ``executions`` counters show what ran)."""
+    global _adapter
+    from tensorflow.python.eager import context
+    from tensorflow.python.eager.polymorphic_function import concrete_function
+
+    import opencann.frontends.tensorflow.ops  # noqa: F401  (registers the converters)
+
+    if device != 0:
+        raise AclError(ErrorCode.INVALID_DEVICE, f"device {device} does not exist (opencann.tf runs on device 0)")
+    options = BuildOptions(precision_mode=precision_mode)
+    options.check()
+    if _adapter is not None:
+        _adapter.options, _adapter.dump_graphs = options, dump_graphs
+        return _adapter
+    adapter = Adapter(options=options, dump_graphs=dump_graphs)
+    cls = concrete_function.ConcreteFunction
+    adapter.original = cls._call_flat
+
+    def _call_flat(self, tensor_inputs, captured_inputs):
+        if not context.executing_eagerly() or _adapter is None:
+            return adapter.original(self, tensor_inputs, captured_inputs)
+        program = adapter.program(self)
+        flat = run_program(program, list(tensor_inputs) + list(captured_inputs))
+        adapter.executions += 1
+        return self.function_type.pack_output(flat)
+
+    cls._call_flat = _call_flat
+    _adapter = adapter
+    return adapter
+
+
+def disable() -> None:
+    """Give tf.function execution back to TensorFlow."""
+    global _adapter
+    if _adapter is None:
+        return
+    from tensorflow.python.eager.polymorphic_function import concrete_function
+
+    concrete_function.ConcreteFunction._call_flat = _adapter.original
+    _adapter = None
+
+
+def adapter() -> Adapter | None:
+    """The active adapter, or None."""
+    return _adapter
+
+
+def is_enabled() -> bool:
+    return _adapter is not None
+
+
