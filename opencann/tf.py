@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from opencann.compiler.pipeline import BuildOptions
 from opencann.errors import AclError, ErrorCode
+
+__all__ = ["AclError", "adapter", "disable", "enable", "is_enabled"]
 from opencann.frontends.tensorflow.adapter import Adapter, run_program
 
 _adapter: Adapter | None = None
+_tf_call_flat = None  # TensorFlow's own ConcreteFunction._call_flat, while the adapter replaces it
 
 
 def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str | None = None) -> Adapter:
     """Route tf.function execution to opencann (idempotent); returns the adapter (its ``programs``,
     ``executions`` counters show what ran)."""
-    global _adapter
+    global _adapter, _tf_call_flat
     from tensorflow.python.eager import context
     from tensorflow.python.eager.polymorphic_function import concrete_function
 
@@ -38,11 +41,11 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
         return _adapter
     adapter = Adapter(options=options, dump_graphs=dump_graphs)
     cls = concrete_function.ConcreteFunction
-    adapter.original = cls._call_flat
+    _tf_call_flat = original = cls._call_flat
 
     def _call_flat(self, tensor_inputs, captured_inputs):
-        if not context.executing_eagerly() or _adapter is None:
-            return adapter.original(self, tensor_inputs, captured_inputs)
+        if not context.executing_eagerly() or _adapter is None:  # tracing an enclosing function
+            return original(self, tensor_inputs, captured_inputs)
         program = adapter.program(self)
         flat = run_program(program, list(tensor_inputs) + list(captured_inputs))
         adapter.executions += 1
@@ -55,13 +58,13 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
 
 def disable() -> None:
     """Give tf.function execution back to TensorFlow."""
-    global _adapter
+    global _adapter, _tf_call_flat
     if _adapter is None:
         return
     from tensorflow.python.eager.polymorphic_function import concrete_function
 
-    concrete_function.ConcreteFunction._call_flat = _adapter.original
-    _adapter = None
+    concrete_function.ConcreteFunction._call_flat = _tf_call_flat
+    _adapter = _tf_call_flat = None
 
 
 def adapter() -> Adapter | None:

@@ -12,6 +12,8 @@ class Context:
         self.device = state.device(device_id)
         self.streams: list = []
         self.alive = True
+        with STATE.lock:
+            STATE.contexts.append(self)
 
     def check(self) -> None:
         if not self.alive:
@@ -21,6 +23,9 @@ class Context:
         for s in list(self.streams):
             s.destroy()
         self.alive = False
+        with STATE.lock:
+            if self in STATE.contexts:
+                STATE.contexts.remove(self)
         if getattr(STATE.local, "context", None) is self:
             STATE.local.context = None
 

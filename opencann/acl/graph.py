@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 from typing import Any
 
@@ -60,8 +62,12 @@ class GraphBuilder:
         """Compile with ATC's options (``precision_mode=...``, ``soc_version=...``)."""
         if not self.graph.outputs:
             raise AclError(ErrorCode.INVALID_PARAM, f"graph '{self.graph.name}' has no outputs: call output()")
+        unknown = set(options) - {f.name for f in dataclasses.fields(BuildOptions)}
+        if unknown:
+            raise AclError(ErrorCode.INVALID_PARAM, f"unknown build option(s): {', '.join(sorted(unknown))}")
         self.graph.validate()
-        return compile_graph(self.graph, BuildOptions(**options))
+        # the pipeline rewrites the graph in place: compile a copy so the builder can compile again
+        return compile_graph(copy.deepcopy(self.graph), BuildOptions(**options))
 
     def to_bytes(self, **options: Any) -> bytes:
         return om.dumps(self.compile(**options))

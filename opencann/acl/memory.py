@@ -53,7 +53,10 @@ class Memory:
         if self.on_device and STATE.devices[self.device_id].kind != "cpu":
             raise AclError(ErrorCode.INVALID_PARAM, "device memory is not host-visible: memcpy it to host first")
         dt = np.dtype(dtype)
-        shape = (self.size // dt.itemsize,) if shape is None else tuple(shape)
+        shape = (self.size // dt.itemsize,) if shape is None else tuple(np.atleast_1d(shape).tolist())
+        if int(np.prod(shape, dtype=np.int64)) * dt.itemsize > self.size:
+            raise AclError(ErrorCode.INVALID_PARAM, f"a {dt.name} view of shape {list(shape)} exceeds the "
+                           f"memory's {self.size} bytes")
         return self._buf.device.view(self._buf, dt, shape)
 
     def _raw(self) -> np.ndarray:
@@ -166,7 +169,7 @@ def memcpy_async(dst: Memory, src, count: int, kind: MemcpyKind | int, stream) -
     def copy() -> None:
         d[:count] = s[:count]
 
-    stream.enqueue(copy)
+    _stream(stream).enqueue(copy)
 
 
 def _plan_set(mem: Memory, value: int, count: int) -> np.ndarray:
@@ -186,7 +189,15 @@ def memset(mem: Memory, value: int, count: int) -> None:
 @initialized
 def memset_async(mem: Memory, value: int, count: int, stream) -> None:
     raw = _plan_set(mem, value, count)
-    stream.enqueue(lambda: raw.__setitem__(slice(0, count), value))
+    _stream(stream).enqueue(lambda: raw.__setitem__(slice(0, count), value))
+
+
+def _stream(stream):
+    from opencann.acl.stream import Stream
+
+    if not isinstance(stream, Stream):
+        raise AclError(ErrorCode.INVALID_PARAM, f"expected an acl.Stream, got {type(stream).__name__}")
+    return stream
 
 
 @initialized

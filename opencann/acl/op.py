@@ -50,8 +50,9 @@ def _freeze(v: Any) -> Any:
 
 def compiled(op_type: str, in_types: Sequence[TensorType], n_outputs: int, attrs: dict[str, Any],
              domain: str = "", opset: int = DEFAULT_OPSET) -> Plan:
-    """The cached launch plan of one operator for these input types and attributes."""
-    key = (op_type, domain, opset, tuple((t.dtype.str, t.shape) for t in in_types), n_outputs,
+    """The cached launch plan of one operator for these input types and attributes, on this device kind."""
+    kind = current_context().device.kind
+    key = (kind, op_type, domain, opset, tuple((t.dtype.str, t.shape) for t in in_types), n_outputs,
            tuple(sorted((k, _freeze(v)) for k, v in attrs.items())))
     with _cache_lock:
         plan = _cache.get(key)
@@ -63,7 +64,7 @@ def compiled(op_type: str, in_types: Sequence[TensorType], n_outputs: int, attrs
         outs = [Value(f"y{i}") for i in range(n_outputs)]
         graph = Graph(inputs=ins, outputs=outs, nodes=[Node(op_type, ins, outs, attrs, name=op_type, domain=domain)],
                       name=f"single_op_{op_type}", opsets={"": DEFAULT_OPSET, domain: opset})
-        plan = Plan(graph, current_context().device.kind)
+        plan = Plan(graph, kind)
         with _cache_lock:
             _cache[key] = plan
     return plan

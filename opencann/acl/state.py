@@ -20,6 +20,7 @@ class _State:
         self.models = ModelManager()
         self.local = threading.local()  # .context, .device_id
         self.default_contexts: dict[int, object] = {}
+        self.contexts: list = []  # every live context (default or created), released by acl.finalize()
 
 
 STATE = _State()

@@ -47,6 +47,7 @@ class Event:
         self.recorded = False
 
     def record(self, stream: Stream) -> None:
+        stream._check()  # before the event is marked pending, or it would never complete
         self._impl.record(stream._impl)
         self.recorded = True
 
@@ -76,4 +77,6 @@ def elapsed_time(start: Event, end: Event) -> float:
     """Milliseconds between two completed events."""
     if not (start.recorded and end.recorded):
         raise AclError(ErrorCode.INVALID_PARAM, "both events must be recorded")
+    if not (start.query() and end.query()):  # a re-recorded event still holds its previous timestamp
+        raise AclError(ErrorCode.INVALID_PARAM, "both events must be complete: synchronize them first")
     return start._impl.elapsed_ms(end._impl)

@@ -29,12 +29,13 @@ def finalize() -> None:
             raise AclError(ErrorCode.REPEAT_FINALIZE, "acl.finalize() without acl.init()")
         for model_id in STATE.models.loaded():
             STATE.models.unload(model_id)
-        for ctx in list(STATE.default_contexts.values()):
+        for ctx in list(STATE.contexts):  # default contexts and those from acl.create_context()
             ctx.destroy()
         STATE.default_contexts.clear()
-        for alloc in STATE.allocators.values():
+        for alloc in [*STATE.allocators.values(), *([STATE.host_allocator] if STATE.host_allocator else [])]:
             alloc.empty_cache()
         STATE.allocators.clear()
+        STATE.host_allocator = None
         STATE.local.__dict__.clear()
         STATE.initialized = False
 

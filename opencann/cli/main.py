@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except AclError as exc:
         print(f"opencann {args.command}: error {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # an output path that cannot be written (a file where a folder should be, ...)
+        print(f"opencann {args.command}: error {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"opencann {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -24,9 +24,9 @@ def register(sub) -> None:
     p.set_defaults(handler=run_model)
 
 
-def random_input(desc, rng: np.random.Generator) -> np.ndarray:
-    """A random tensor for one model input; dynamic dimensions become 1."""
-    shape = tuple(d if d >= 0 else 1 for d in desc.shape)
+def random_input(desc, rng: np.random.Generator, batch: int = 1) -> np.ndarray:
+    """A random tensor for one model input; a dynamic batch dimension becomes ``batch``, others 1."""
+    shape = tuple(d if d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(desc.shape))
     if desc.dtype.kind == "f" or desc.dtype.kind == "V":
         return rng.standard_normal(shape).astype(desc.dtype)
     if desc.dtype.kind == "b":
@@ -71,7 +71,8 @@ def run_model(args) -> int:
             raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"the model has {len(descs)} inputs, "
                            f"{len(args.input)} --input files were given")
         rng = np.random.default_rng(args.seed)
-        inputs = [load_npy(p) for p in args.input] or [random_input(d, rng) for d in descs]
+        batch = min(model.desc.dynamic_batch_sizes, default=1)  # the smallest size a dynamic batch allows
+        inputs = [load_npy(p) for p in args.input] or [random_input(d, rng, batch) for d in descs]
         for d, x in zip(descs, inputs):
             print(f"input  {d.name}: {x.dtype} {list(x.shape)}{'' if args.input else ' (random)'}")
         outputs = model.run(*inputs)

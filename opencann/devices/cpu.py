@@ -54,7 +54,7 @@ class CpuStream:
                 self._queue.task_done()
                 return
             try:
-                if self._error is None:
+                if self._error is None or getattr(fn, "always_runs", False):
                     fn()
             except BaseException as exc:  # reported at the next synchronize
                 self._error = exc
@@ -99,6 +99,7 @@ class CpuEvent:
             self.timestamp = time.perf_counter()
             self._done.set()
 
+        mark.always_runs = True  # even after a failure on the stream (reported by its synchronize): no waiter hangs
         stream.enqueue(mark)
 
     def synchronize(self) -> None:

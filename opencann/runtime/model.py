@@ -148,9 +148,11 @@ class ModelManager:
         return model
 
     def unload(self, model_id: Any) -> None:
-        model = self.get(model_id)
-        with self._lock:
-            self._models.pop(model_id, None)
+        self.get(model_id)
+        with self._lock:  # get and remove at once: of two threads unloading one model, one releases it
+            model = self._models.pop(model_id, None)
+        if model is None:
+            raise AclError(ErrorCode.INVALID_MODEL_ID, f"no loaded model has id {model_id!r}")
         model.release()
 
     def loaded(self) -> list[int]:

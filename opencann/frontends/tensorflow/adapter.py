@@ -159,7 +159,6 @@ class Adapter:
     programs: dict[int, Program] = field(default_factory=dict)
     executions: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    original: Any = None
 
     def program(self, cf) -> Program:
         key = id(cf)

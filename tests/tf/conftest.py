@@ -1,0 +1,1 @@
+from tests.tf.harness import _disable_adapter  # noqa: F401

@@ -1,0 +1,63 @@
+"""The TF2 adapter: Keras fit/evaluate/predict and tf.function calls run on opencann."""
+import numpy as np
+
+from tests.tf.harness import assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
+
+
+def mlp():
+    m = keras.Sequential([keras.Input((20,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(4)])
+    m.compile(optimizer=keras.optimizers.SGD(0.05),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def data(n=160, d=20, classes=4):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, d)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def test_mlp_fit_matches_tensorflow_step_by_step():
+    x, y = data()
+    tf_losses, oc_losses, tf_model, oc_model, adapter = fit_both(mlp, x, y, epochs=2)
+    assert_losses_match(tf_losses, oc_losses)
+    assert_weights_match(tf_model, oc_model)
+    assert adapter.executions == len(oc_losses)  # every train step ran on opencann
+    assert len(adapter.programs) == 1  # compiled once, for one input signature
+
+
+def test_tf_function_with_variables_and_no_tensorflow_execution(monkeypatch):
+    from tensorflow.python.eager.polymorphic_function import atomic_function
+
+    v = tf.Variable(np.ones(3, np.float32))
+
+    @tf.function
+    def step(x):
+        v.assign_add(x)
+        return v * 2.0
+
+    tf_runs = []
+    tf_call_flat = atomic_function.AtomicFunction.call_flat
+    monkeypatch.setattr(atomic_function.AtomicFunction, "call_flat", lambda *a: tf_runs.append(1) or tf_call_flat(*a))
+    adapter = oc.enable()
+    out = step(tf.constant([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(out.numpy(), [4, 6, 8])
+    np.testing.assert_allclose(v.numpy(), [2, 3, 4])
+    assert adapter.executions == 1 and tf_runs == []  # TensorFlow's runtime never executed the function
+    oc.disable()
+    np.testing.assert_allclose(step(tf.constant([1.0, 1.0, 1.0])).numpy(), [6, 8, 10])  # TF again
+
+
+def test_unsupported_ops_are_listed_with_call_sites():
+    @tf.function
+    def odd(x):
+        return tf.math.lgamma(x) + tf.math.digamma(x)
+
+    oc.enable()
+    try:
+        odd(tf.constant([1.5, 2.5]))
+    except oc.AclError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("expected an AclError")
+    assert "Lgamma" in message and "Digamma" in message and "test_adapter.py" in message
+    assert "opencann migrate" in message
