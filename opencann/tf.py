@@ -10,14 +10,19 @@ input signature) and executed on the opencann device; variables stay TensorFlow'
 read, checkpointed and saved as usual. Eager code outside functions runs as before. A function with an
 operator opencann does not support stops with an error listing every such operator (nothing silently
 falls back to TensorFlow).
+
+TF1 graphs (``tf.compat.v1``: placeholders, ``get_variable``, ``Optimizer.minimize``) run through
+``oc.Session()``, a drop-in for ``tf.compat.v1.Session`` whose ``run`` compiles and executes the fetched
+part of the graph on opencann, variables included (:mod:`opencann.frontends.tensorflow.tf1`).
 """
 from __future__ import annotations
 
 from opencann.compiler.pipeline import BuildOptions
 from opencann.errors import AclError, ErrorCode
 
-__all__ = ["AclError", "adapter", "disable", "enable", "is_enabled"]
+__all__ = ["AclError", "Session", "adapter", "disable", "enable", "is_enabled"]
 from opencann.frontends.tensorflow.adapter import Adapter, run_program
+from opencann.frontends.tensorflow.tf1 import Session  # TF1 graphs: drop-in for tf.compat.v1.Session
 
 _adapter: Adapter | None = None
 _tf_call_flat = None  # TensorFlow's own ConcreteFunction._call_flat, while the adapter replaces it

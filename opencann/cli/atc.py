@@ -1,6 +1,7 @@
 """``opencann atc``: compile a model to an offline model (``.om``), with ATC's flags.
 
     opencann atc --model resnet.onnx --framework 5 --output resnet --input_shape "input:1,3,224,224"
+    opencann atc --model frozen.pb --framework 3 --output m --input_shape "x:1,224,224,3" --out_nodes "logits:0"
     opencann atc --mode 6 --om resnet.om          # print model information
     opencann atc --mode 1 --om resnet.om --json resnet.json   # dump the model as JSON
 """
@@ -32,7 +33,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", type=int, default=0, choices=[0, 1, 6],
                    help="0: build an .om (default); 1: model to JSON; 6: print .om information")
-    p.add_argument("--model", help="the original model file (ONNX for --framework 5)")
+    p.add_argument("--model", help="the original model: an ONNX file (--framework 5); a frozen .pb or a "
+                   "SavedModel directory (--framework 3)")
     p.add_argument("--weight", help="accepted for ATC compatibility (Caffe weights); unused")
     p.add_argument("--framework", default="5", choices=sorted(FRAMEWORKS), help="5: ONNX; 3: TensorFlow")
     p.add_argument("--output", help="output path prefix; '.om' is appended")
@@ -71,22 +73,27 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise AclError(ErrorCode.INVALID_PARAM, f"{flag}: '{text}' is not a comma-separated list of ints") from None
 
 
-def load_graph(path: str, framework: str) -> Graph:
+def load_graph(path: str, framework: str, out_nodes: str = "") -> Graph:
     if not path:
         raise AclError(ErrorCode.INVALID_PARAM, "--model is required")
-    if framework == "3":
-        raise AclError(ErrorCode.FEATURE_UNSUPPORTED, "--framework 3 (TensorFlow) arrives with the TensorFlow "
-                       "adapter; export the model to ONNX and use --framework 5 meanwhile")
+    if framework == "3":  # a frozen GraphDef or a SavedModel directory; --out_nodes are TF tensor names
+        from opencann.frontends.tensorflow import import_tensorflow
+
+        return import_tensorflow(path, outputs=_out_nodes(out_nodes) or None)
     from opencann.frontends.onnx import import_onnx
 
     return import_onnx(path)
+
+
+def _out_nodes(text: str) -> list[str]:
+    return [s.strip() for s in text.split(";") if s.strip()]
 
 
 def options_from(args) -> BuildOptions:
     batches = _int_list(args.dynamic_batch_size, "--dynamic_batch_size")
     return BuildOptions(input_shape=parse_input_shape(args.input_shape), dynamic_batch_size=batches,
                         input_format=args.input_format,
-                        out_nodes=[s.strip() for s in args.out_nodes.split(";") if s.strip()],
+                        out_nodes=[] if args.framework == "3" else _out_nodes(args.out_nodes),  # TF: at import
                         precision_mode=args.precision_mode, soc_version=args.soc_version)
 
 
@@ -105,7 +112,7 @@ def run_atc(args) -> int:
     steps = ["parse model", *(name for name, _ in PIPELINE), "write .om"]
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task("atc: parse model", total=len(steps))
-        graph = load_graph(args.model, args.framework)
+        graph = load_graph(args.model, args.framework, args.out_nodes)
         log.info("parsed %s: %d nodes", args.model, len(graph.nodes))
         bar.advance(task)
 
@@ -154,7 +161,7 @@ def dump_json(args) -> int:
     if args.om:
         compiled = om.load(args.om)
     else:
-        compiled = om.CompiledModel(load_graph(args.model, args.framework))
+        compiled = om.CompiledModel(load_graph(args.model, args.framework, args.out_nodes))
     _write_text(out, json.dumps(describe(compiled), indent=1))
     print(f"ATC run success: wrote {out}")
     return 0

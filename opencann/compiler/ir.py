@@ -101,7 +101,14 @@ class Node:
 
     @property
     def subgraphs(self) -> dict[str, Graph]:
-        return {k: v for k, v in self.attrs.items() if isinstance(v, Graph)}
+        """Graph-valued attributes; an attribute holding a list of graphs gives keys ``name[i]``."""
+        out = {}
+        for k, v in self.attrs.items():
+            if isinstance(v, Graph):
+                out[k] = v
+            elif isinstance(v, list):
+                out.update({f"{k}[{i}]": g for i, g in enumerate(v) if isinstance(g, Graph)})
+        return out
 
     @property
     def label(self) -> str:

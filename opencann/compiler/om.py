@@ -201,9 +201,12 @@ def loads(data: bytes) -> CompiledModel:
     graph = _graph_from_json(_expect(header.get("graph"), dict, "graph"), tensors, {}, 0)
     graph.validate()
     _check_ops(graph)
+    extra = _expect(header.get("extra", {}), dict, "extra")
+    batches = _expect(extra.get("dynamic_batch_size", []), list, "extra dynamic_batch_size")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in batches):
+        raise _bad("extra dynamic_batch_size must list positive batch sizes")
     return CompiledModel(graph, _expect(header.get("build_options", {}), dict, "build_options"),
-                         _expect(header.get("target", "cpu"), str, "target"),
-                         _expect(header.get("extra", {}), dict, "extra"))
+                         _expect(header.get("target", "cpu"), str, "target"), extra)
 
 
 def load(path: str | os.PathLike) -> CompiledModel:
@@ -226,7 +229,7 @@ def _expect(v: Any, kind: type | tuple, what: str) -> Any:
 
 
 def _np_dtype(name: Any, what: str) -> np.dtype:
-    if name not in _DTYPES:
+    if not isinstance(name, str) or name not in _DTYPES:
         raise _bad(f"{what}: unknown dtype {name!r}")
     if name == "string":
         return np.dtype(object)
@@ -339,8 +342,9 @@ def _graph_from_json(j: dict, tensors: list, outer: dict[str, Value], depth: int
         nodes.append(Node(op, ins, outs, attrs, name=_expect(nj.get("name", ""), str, what), domain=domain))
     outputs = [value(n, "graph output") for n in _expect(j.get("outputs", []), list, "outputs")]
     opsets = _expect(j.get("opsets", {"": 17}), dict, "opsets")
-    if not all(isinstance(k, str) and isinstance(o, int) and not isinstance(o, bool) for k, o in opsets.items()):
-        raise _bad("opsets must map domains to integers")
+    for k, o in opsets.items():
+        if not isinstance(o, int) or isinstance(o, bool) or not 0 <= o < 1 << 31:
+            raise _bad(f"graph '{name}': opset {o!r} of domain '{k}' is not a version number (0 to 2**31-1)")
     return Graph(inputs=inputs, outputs=outputs, nodes=nodes, initializers=inits, name=name, opsets=opsets)
 
 

@@ -2,8 +2,10 @@
 the gradient ops a traced training step emits. Semantics are TensorFlow's."""
 import numpy as np
 
+from opencann.compiler.dtypes import from_onnx
 from opencann.ops.common import compute_dtype
 from opencann.ops.registry import op
+from opencann.ops.tensor import cumprod as onnx_cumprod
 
 DOMAIN = "opencann"
 
@@ -39,18 +41,8 @@ def transpose_dynamic(x, perm):
 def strided_slice(x, begin, end, strides, *, begin_mask=0, end_mask=0, ellipsis_mask=0, new_axis_mask=0,
                   shrink_axis_mask=0):
     """TensorFlow's strided slice: a NumPy index built from the spec and its masks."""
-    index = []
-    for i, (b, e, s) in enumerate(zip(begin.tolist(), end.tolist(), strides.tolist())):
-        bit = 1 << i
-        if ellipsis_mask & bit:
-            index.append(Ellipsis)
-        elif new_axis_mask & bit:
-            index.append(None)
-        elif shrink_axis_mask & bit:
-            index.append(int(b))
-        else:
-            index.append(slice(None if begin_mask & bit else int(b), None if end_mask & bit else int(e), int(s)))
-    return np.ascontiguousarray(x[tuple(index)])
+    return np.array(x[_strided_index(begin, end, strides, begin_mask, end_mask, ellipsis_mask, new_axis_mask,
+                                     shrink_axis_mask)], order="C")
 
 
 @op("ReluGrad", domain=DOMAIN)
@@ -88,3 +80,216 @@ def softmax_cross_entropy(features, labels):
     loss = -(labels * logp).sum(axis=-1)
     grad = np.exp(logp) * labels.sum(axis=-1, keepdims=True) - labels
     return loss.astype(features.dtype), grad.astype(features.dtype)
+
+
+# --- gradients of elementwise functions (TensorFlow's formulas, in its operand order) -------------
+
+def _zero(x):
+    return np.zeros((), x.dtype)
+
+
+@op("TanhGrad", domain=DOMAIN)
+def tanh_grad(y, dy):
+    return (dy * (1 - y * y)).astype(y.dtype, copy=False)
+
+
+@op("SigmoidGrad", domain=DOMAIN)
+def sigmoid_grad(y, dy):
+    return (dy * y * (1 - y)).astype(y.dtype, copy=False)
+
+
+@op("SqrtGrad", domain=DOMAIN)
+def sqrt_grad(y, dy):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(dy == 0, _zero(y), np.asarray(0.5, y.dtype) * dy / y).astype(y.dtype, copy=False)
+
+
+@op("RsqrtGrad", domain=DOMAIN)
+def rsqrt_grad(y, dy):
+    return np.where(dy == 0, _zero(y), np.asarray(-0.5, y.dtype) * (dy * y) * (y * y)).astype(y.dtype, copy=False)
+
+
+@op("ReciprocalGrad", domain=DOMAIN)
+def reciprocal_grad(y, dy):
+    return (-dy * y * y).astype(y.dtype, copy=False)
+
+
+@op("SoftplusGrad", domain=DOMAIN)
+def softplus_grad(dy, x):
+    return (dy / (1 + np.exp(-x))).astype(x.dtype, copy=False)
+
+
+@op("SoftsignGrad", domain=DOMAIN)
+def softsign_grad(dy, x):
+    d = 1 + np.abs(x)
+    return (dy / (d * d)).astype(x.dtype, copy=False)
+
+
+@op("EluGrad", domain=DOMAIN)
+def elu_grad(dy, y):
+    return np.where(y < 0, dy * (y + 1), dy).astype(y.dtype, copy=False)
+
+
+@op("SeluGrad", domain=DOMAIN)
+def selu_grad(dy, y):
+    scale, alpha = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
+    return np.where(y < 0, dy * (y + np.asarray(scale * alpha, y.dtype)), dy * np.asarray(scale, y.dtype)).astype(
+        y.dtype, copy=False)
+
+
+@op("LeakyReluGrad", domain=DOMAIN)
+def leaky_relu_grad(dy, x, *, alpha=0.2):
+    return np.where(x > 0, dy, dy * np.asarray(alpha, dy.dtype)).astype(dy.dtype, copy=False)
+
+
+@op("Relu6Grad", domain=DOMAIN)
+def relu6_grad(dy, x):
+    return np.where((x > 0) & (x < 6), dy, _zero(dy))
+
+
+# --- elementwise math ONNX lacks ------------------------------------------------------------------
+
+@op("Log1p", domain=DOMAIN)
+def log1p(x):
+    return np.log1p(x).astype(x.dtype, copy=False)
+
+
+@op("Expm1", domain=DOMAIN)
+def expm1(x):
+    return np.expm1(x).astype(x.dtype, copy=False)
+
+
+@op("Xlogy", domain=DOMAIN)
+def xlogy(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, _zero(x), x * np.log(y)).astype(x.dtype, copy=False)
+
+
+@op("Xdivy", domain=DOMAIN)
+def xdivy(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, _zero(x), x / y).astype(x.dtype, copy=False)
+
+
+@op("MulNoNan", domain=DOMAIN)
+def mul_no_nan(x, y):
+    with np.errstate(invalid="ignore"):
+        return np.where(y == 0, _zero(x), x * y).astype(x.dtype, copy=False)
+
+
+@op("Bitcast", domain=DOMAIN)
+def bitcast(x, *, to):
+    """TensorFlow's Bitcast: a wider type eats the last dimension, a narrower one adds a dimension."""
+    dt = from_onnx(to)
+    x = np.ascontiguousarray(x)
+    if dt.itemsize < x.dtype.itemsize:
+        return x.view(dt).reshape(*x.shape, x.dtype.itemsize // dt.itemsize)
+    return x.view(dt).reshape(x.shape[:-1] if dt.itemsize > x.dtype.itemsize else x.shape)
+
+
+@op("Einsum", domain=DOMAIN)
+def einsum(*inputs, equation):
+    """Einsum contracted with BLAS where it can (NumPy's optimized path), like TensorFlow's."""
+    work = [x.astype(compute_dtype(x.dtype), copy=False) for x in inputs]
+    return np.asarray(np.einsum(equation, *work, optimize=True)).astype(inputs[0].dtype, copy=False)
+
+
+# --- shapes, slicing and their gradients ----------------------------------------------------------
+
+@op("BroadcastGradientArgs", domain=DOMAIN)
+def broadcast_gradient_args(s0, s1):
+    """The axes to sum each operand's gradient over (TF's BCast: none when the shapes are equal)."""
+    return tuple(np.asarray(r, s0.dtype) for r in broadcast_reduce_axes(s0.tolist(), s1.tolist()))
+
+
+def broadcast_reduce_axes(s0: list[int], s1: list[int]) -> tuple[list[int], list[int]]:
+    if s0 == s1:
+        return [], []
+    rank = max(len(s0), len(s1))
+    padded = ([1] * (rank - len(s0)) + s0, [1] * (rank - len(s1)) + s1)
+    return tuple([i for i, d in enumerate(p) if d == 1] for p in padded)
+
+
+@op("ConcatOffset", domain=DOMAIN)
+def concat_offset(concat_dim, *shapes):
+    axis = int(concat_dim) % len(shapes[0])
+    starts = np.cumsum([0] + [int(s[axis]) for s in shapes[:-1]])
+    out = []
+    for start, s in zip(starts, shapes):
+        offset = np.zeros_like(s)
+        offset[axis] = start
+        out.append(offset)
+    return tuple(out)
+
+
+def _strided_index(begin, end, strides, begin_mask, end_mask, ellipsis_mask, new_axis_mask, shrink_axis_mask):
+    index = []
+    for i, (b, e, s) in enumerate(zip(begin.tolist(), end.tolist(), strides.tolist())):
+        bit = 1 << i
+        if ellipsis_mask & bit:
+            index.append(Ellipsis)
+        elif new_axis_mask & bit:
+            index.append(None)
+        elif shrink_axis_mask & bit:
+            index.append(int(b))
+        else:
+            index.append(slice(None if begin_mask & bit else int(b), None if end_mask & bit else int(e), int(s)))
+    return tuple(index)
+
+
+@op("StridedSliceGrad", domain=DOMAIN)
+def strided_slice_grad(shape, begin, end, strides, dy, *, begin_mask=0, end_mask=0, ellipsis_mask=0,
+                       new_axis_mask=0, shrink_axis_mask=0):
+    """The gradient of StridedSlice: ``dy`` scattered into zeros of the input's shape."""
+    out = np.zeros([int(d) for d in shape], dy.dtype)
+    view = out[_strided_index(begin, end, strides, begin_mask, end_mask, ellipsis_mask, new_axis_mask,
+                              shrink_axis_mask)]
+    view[...] = dy.reshape(view.shape)
+    return out
+
+
+@op("OneHot", domain=DOMAIN)
+def one_hot(indices, depth, on_value, off_value, *, axis=-1):
+    """TensorFlow's OneHot: indices outside [0, depth) give all-off rows (no wrapping of negatives)."""
+    n = int(depth)
+    hot = indices[..., None] == np.arange(n, dtype=indices.dtype)
+    out = np.where(hot, on_value, off_value).astype(on_value.dtype, copy=False)
+    return np.ascontiguousarray(np.moveaxis(out, -1, axis))
+
+
+@op("ListDiff", domain=DOMAIN)
+def list_diff(x, y, *, out_idx=7):
+    """The values of ``x`` not in ``y`` (in order), and their positions in ``x``."""
+    keep = np.flatnonzero(~np.isin(x, y))
+    return x[keep], keep.astype(from_onnx(out_idx))
+
+
+def _mirror_sources(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """For each position of a mirror-padded axis, the input position it copies."""
+    shift = 1 if mode == "REFLECT" else 0
+    head = np.arange(before, 0, -1) - 1 + shift
+    tail = n - 1 - shift - np.arange(after)
+    return np.concatenate([head, np.arange(n), tail])
+
+
+@op("MirrorPad", domain=DOMAIN)
+def mirror_pad(x, paddings, *, mode="REFLECT"):
+    return np.pad(x, np.asarray(paddings, np.int64).tolist(), mode="reflect" if mode == "REFLECT" else "symmetric")
+
+
+@op("MirrorPadGrad", domain=DOMAIN)
+def mirror_pad_grad(grad, paddings, *, mode="REFLECT"):
+    """The gradient of MirrorPad: each padded position's gradient added back onto its source."""
+    out = grad
+    for axis, (before, after) in enumerate(np.asarray(paddings, np.int64).tolist()):
+        n = out.shape[axis] - before - after
+        summed = np.zeros((*out.shape[:axis], n, *out.shape[axis + 1:]), grad.dtype)
+        np.add.at(np.moveaxis(summed, axis, 0), _mirror_sources(n, before, after, mode), np.moveaxis(out, axis, 0))
+        out = summed
+    return out
+
+
+@op("Cumprod", domain=DOMAIN)
+def cumprod(x, axis, *, exclusive=0, reverse=0):
+    """TensorFlow's Cumprod (ONNX has CumProd only from opset 26)."""
+    return onnx_cumprod(x, axis, exclusive=exclusive, reverse=reverse)

@@ -69,9 +69,6 @@ class Plan:
         steps = []
         for idx, (node, d) in enumerate(zip(self.graph.nodes, resolved, strict=True)):
             subplans = {k: Plan(g, self.device_kind, self.opsets) for k, g in node.subgraphs.items()}
-            subplans.update({f"{k}[{i}]": Plan(g, self.device_kind, self.opsets)
-                             for k, v in node.attrs.items() if isinstance(v, list)
-                             for i, g in enumerate(v) if isinstance(g, Graph)})
             steps.append(Step(
                 node=node, fn=d.kernel_for(self.device_kind), attrs=self._bind_attrs(node, d, opsets[idx]),
                 inputs=[v.name if v is not None and v.name else None for v in node.inputs],

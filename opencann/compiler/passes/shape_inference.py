@@ -51,7 +51,8 @@ def _onnx_infer(node: Node, schema, opsets: dict[str, int]) -> list[ValueType | 
     try:
         out = shape_inference.infer_node_outputs(
             schema, proto, types, data, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
-    except (onnx.shape_inference.InferenceError, RuntimeError, KeyError, TypeError, ValueError):
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, KeyError, TypeError,
+            ValueError):
         return [None] * len(node.outputs)
     return [convert_type(out[v.name]) if v.name in out else None for v in node.outputs]
 

@@ -5,11 +5,14 @@ every unsupported operator is reported at once with its node names.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner  # not imported by `import onnx`
+from google.protobuf.message import Message
 from onnx import AttributeProto, helper, numpy_helper
 
 from opencann.compiler import dtypes
@@ -17,6 +20,7 @@ from opencann.compiler.ir import Graph, Node, OptionalType, SequenceType, Tensor
 from opencann.errors import AclError, ErrorCode
 
 MIN_OPSET, MAX_OPSET = 1, onnx.defs.onnx_opset_version()
+MAX_DOMAIN_OPSET = 2**31 - 1  # ONNX's schema lookup takes a C int
 
 
 def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -36,6 +40,25 @@ def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Mode
         raise AclError(ErrorCode.PARSE_MODEL, f"cannot parse ONNX model {_where(source)}: {exc}") from None
 
 
+def _non_utf8(msg: Any) -> str | None:
+    """Where the first string field that is not UTF-8 lies (protobuf hands those back as bytes), or None."""
+    for fd, value in msg.ListFields():
+        if fd.type == fd.TYPE_MESSAGE:
+            if isinstance(value, Message):
+                where = _non_utf8(value)
+                if where is not None:
+                    return f"{fd.name}.{where}"
+                continue
+            for i, item in enumerate(value):
+                where = _non_utf8(item)
+                if where is not None:
+                    return f"{fd.name}[{i}].{where}"
+        elif fd.type == fd.TYPE_STRING and (isinstance(value, bytes) or (
+                not isinstance(value, str) and any(isinstance(v, bytes) for v in value))):
+            return fd.name
+    return None
+
+
 def _where(source: Any) -> str:
     return f"'{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) else f"({len(source)} bytes)"
 
@@ -43,11 +66,17 @@ def _where(source: Any) -> str:
 def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shapes: bool = True) -> Graph:
     """The IR Graph of an ONNX model, validated and ready for the compiler."""
     model = load_model(source)
+    where = _non_utf8(model)
+    if where is not None:
+        raise AclError(ErrorCode.PARSE_MODEL, f"ONNX model field {where} is not valid UTF-8 text")
     opsets = {(o.domain if o.domain != "ai.onnx" else ""): o.version for o in model.opset_import}
     version = opsets.get("", MAX_OPSET)
     if not MIN_OPSET <= version <= MAX_OPSET:
         raise AclError(ErrorCode.PARSE_MODEL, f"ONNX opset {version} is not supported "
                        f"(opencann reads opsets {MIN_OPSET}-{MAX_OPSET})")
+    for domain, v in opsets.items():
+        if not 0 <= v <= MAX_DOMAIN_OPSET:
+            raise AclError(ErrorCode.PARSE_MODEL, f"opset {v} of domain '{domain}' is out of range")
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
@@ -102,8 +131,9 @@ def _domain(domain: str) -> str:
 
 
 def _tensor(t: onnx.TensorProto) -> np.ndarray:
-    if t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data:
-        raise AclError(ErrorCode.PARSE_MODEL, f"tensor '{t.name}': external data was not loaded")
+    if t.data_location == onnx.TensorProto.EXTERNAL:  # still external: never read relative to the working dir
+        raise AclError(ErrorCode.PARSE_MODEL, f"tensor '{t.name}': external data was not loaded "
+                       "(only a model file's own folder holds external data)")
     try:
         arr = numpy_helper.to_array(t)
     except Exception as exc:
@@ -160,11 +190,22 @@ def _attr(a: AttributeProto, opsets: dict[str, int], scope: dict[str, Value], no
 
 def _sparse_to_dense(sp: onnx.SparseTensorProto) -> np.ndarray:
     values = _tensor(sp.values)
-    idx = _tensor(sp.indices).astype(np.int64)
+    idx = _tensor(sp.indices)
     dims = tuple(sp.dims)
-    dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
-    flat = idx if idx.ndim == 1 else np.ravel_multi_index(idx.T, dims)
-    if flat.size and (flat.min() < 0 or flat.max() >= dense.size):
-        raise AclError(ErrorCode.PARSE_MODEL, "sparse tensor index out of range")
-    dense[flat] = values.reshape(-1)
-    return dense.reshape(dims)
+    what = f"sparse tensor '{sp.values.name}'"
+    if (any(d < 0 for d in dims) or idx.dtype.kind not in "iu" or idx.ndim not in (1, 2) or len(idx) != values.size
+            or (idx.ndim == 2 and idx.shape[1] != len(dims))):
+        raise AclError(ErrorCode.PARSE_MODEL, f"{what}: {values.size} values with {idx.dtype} indices of shape "
+                       f"{list(idx.shape)} do not fit shape {list(dims)}")
+    idx = idx.astype(np.int64)
+    if idx.ndim == 2 and idx.size and ((idx < 0) | (idx >= np.array(dims, dtype=np.int64))).any():
+        raise AclError(ErrorCode.PARSE_MODEL, f"{what}: index out of range of shape {list(dims)}")
+    try:
+        dense = np.zeros(math.prod(dims), dtype=values.dtype)
+        flat = idx if idx.ndim == 1 else np.ravel_multi_index(idx.T, dims)
+        if flat.size and (flat.min() < 0 or flat.max() >= dense.size):
+            raise AclError(ErrorCode.PARSE_MODEL, f"{what}: index out of range of shape {list(dims)}")
+        dense[flat] = values.reshape(-1)
+        return dense.reshape(dims)
+    except (ValueError, MemoryError) as exc:
+        raise AclError(ErrorCode.PARSE_MODEL, f"{what} of shape {list(dims)} cannot be made dense: {exc}") from None

@@ -164,10 +164,11 @@ def topological_ops(graph) -> list:
     return order
 
 
-def convert_ops(ctx: Context, graph, stop: set | None = None) -> None:
-    """Convert every operation of ``graph`` (placeholders must already have values)."""
+def convert_ops(ctx: Context, graph, stop: set | None = None, ops: Sequence | None = None) -> None:
+    """Convert every operation of ``graph``, or only ``ops`` (in dependency order) when given
+    (placeholders must already have values)."""
     unsupported: dict[str, list[str]] = {}
-    for op in topological_ops(graph):
+    for op in topological_ops(graph) if ops is None else ops:
         if op.type in PASS_THROUGH or (op.type == "Placeholder" and op.outputs[0].ref() in ctx.values) \
                 or op.outputs and all(t.ref() in ctx.values or t.ref() in ctx.resources for t in op.outputs):
             continue

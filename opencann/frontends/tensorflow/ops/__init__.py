@@ -1,3 +1,14 @@
 """Converters from TensorFlow op types to IR nodes, one module per family; importing this package
 registers them all."""
-from opencann.frontends.tensorflow.ops import array, math, nn, state  # noqa: F401
+from opencann.frontends.tensorflow.ops import (  # noqa: F401
+    array,
+    control,
+    conv,
+    math,
+    nn,
+    random,
+    sparse,
+    state,
+    tensorlist,
+    training,
+)

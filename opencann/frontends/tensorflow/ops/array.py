@@ -3,24 +3,61 @@ from __future__ import annotations
 
 import numpy as np
 
-from opencann.frontends.tensorflow.dtypes import onnx_code
-from opencann.frontends.tensorflow.importer import Context, tf_op
+from opencann.frontends.tensorflow.dtypes import np_dtype, onnx_code
+from opencann.frontends.tensorflow.importer import OPSETS, Context, tf_op
+from opencann.ops import registry
 
 INT64 = 7
 
 
+FOLD_LIMIT = 1 << 16  # elements: a larger constant result stays a node
+
+
+def fold(ctx: Context, op_type: str, inputs: list, n_outputs: int = 1, domain: str = "", **attrs):
+    """``ctx.node(...)``, computed at import time when every input is a constant (shape arithmetic,
+    reduction axes, casts of constants): the graph then holds the result instead of the node."""
+    if inputs and all(v is not None and v.const is not None for v in inputs):
+        opset = OPSETS[domain]
+        d = registry.lookup(op_type, opset, domain)
+        kwargs = {**d.defaults_at(opset), **attrs, **({"n_outputs": n_outputs} if d.wants_n_outputs else {})}
+        result = d.reference(*(v.const for v in inputs), **kwargs)
+        results = result if isinstance(result, tuple) else (result,)
+        if all(np.size(r) <= FOLD_LIMIT for r in results):
+            consts = tuple(ctx.const(np.asarray(r)) for r in results)
+            return consts[0] if n_outputs == 1 else consts
+    return ctx.node(op_type, inputs, n_outputs=n_outputs, domain=domain, **attrs)
+
+
+def opencann_node(ctx: Context, op_type: str, inputs: list, n_outputs: int = 1, **attrs) -> list:
+    """A node of the ``opencann`` kernel ``op_type`` (folded when its inputs are constant), as a list."""
+    out = fold(ctx, op_type, inputs, n_outputs, "opencann", **attrs)
+    return list(out) if n_outputs > 1 else [out]
+
+
 def int64(ctx: Context, v):
-    return ctx.node("Cast", [v], to=INT64)
+    return fold(ctx, "Cast", [v], to=INT64)
+
+
+def _shape_of(ctx: Context, t, v, out_type) -> object:
+    """A tensor's shape: a constant when TensorFlow knows it statically."""
+    if t.shape.is_fully_defined():
+        return ctx.const(np.array(t.shape.as_list(), np_dtype(out_type)))
+    return fold(ctx, "Cast", [fold(ctx, "Shape", [v])], to=onnx_code(out_type))
 
 
 @tf_op("Shape")
 def shape(ctx: Context, op):
-    return [ctx.node("Cast", [ctx.node("Shape", [ctx.input(op, 0)])], to=onnx_code(op.get_attr("out_type")))]
+    return [_shape_of(ctx, op.inputs[0], ctx.input(op, 0), op.get_attr("out_type"))]
+
+
+@tf_op("ShapeN")
+def shape_n(ctx: Context, op):
+    return [_shape_of(ctx, t, ctx.input(op, i), op.get_attr("out_type")) for i, t in enumerate(op.inputs)]
 
 
 @tf_op("Size")
 def size(ctx: Context, op):
-    return [ctx.node("Cast", [ctx.node("Size", [ctx.input(op, 0)])], to=onnx_code(op.get_attr("out_type")))]
+    return [fold(ctx, "Cast", [fold(ctx, "Size", [ctx.input(op, 0)])], to=onnx_code(op.get_attr("out_type")))]
 
 
 @tf_op("Rank")
@@ -30,82 +67,173 @@ def rank(ctx: Context, op):
 
 @tf_op("Reshape")
 def reshape(ctx: Context, op):
-    return [ctx.node("Reshape", [ctx.input(op, 0), int64(ctx, ctx.input(op, 1))])]
+    return [fold(ctx, "Reshape", [ctx.input(op, 0), int64(ctx, ctx.input(op, 1))])]
 
 
 @tf_op("ExpandDims")
 def expand_dims(ctx: Context, op):
-    axis = ctx.node("Reshape", [int64(ctx, ctx.input(op, 1)), ctx.const(np.array([1], np.int64))])
-    return [ctx.node("Unsqueeze", [ctx.input(op, 0), axis])]
+    axis = ctx.const_value(op, 1)  # a constant axis keeps the output's shape known (conv filters need it)
+    if axis is not None:
+        axis = ctx.const(np.reshape(axis, [1]).astype(np.int64))
+    else:
+        axis = fold(ctx, "Reshape", [int64(ctx, ctx.input(op, 1)), ctx.const(np.array([1], np.int64))])
+    return [fold(ctx, "Unsqueeze", [ctx.input(op, 0), axis])]
 
 
 @tf_op("Squeeze")
 def squeeze(ctx: Context, op):
     dims = list(ctx.attr(op, "squeeze_dims", []) or [])
     if dims:
-        return [ctx.node("Squeeze", [ctx.input(op, 0), ctx.const(np.array(dims, np.int64))])]
-    return [ctx.node("Squeeze", [ctx.input(op, 0)])]
+        return [fold(ctx, "Squeeze", [ctx.input(op, 0), ctx.const(np.array(dims, np.int64))])]
+    return [fold(ctx, "Squeeze", [ctx.input(op, 0)])]
 
 
 @tf_op("Transpose")
 def transpose(ctx: Context, op):
     perm = ctx.const_value(op, 1)
     if perm is not None:
-        return [ctx.node("Transpose", [ctx.input(op, 0)], perm=[int(p) for p in perm])]
-    return [ctx.node("TransposeDynamic", ctx.inputs(op), domain="opencann")]
+        return [fold(ctx, "Transpose", [ctx.input(op, 0)], perm=[int(p) for p in perm])]
+    return [fold(ctx, "TransposeDynamic", ctx.inputs(op), domain="opencann")]
 
 
 @tf_op("Fill")
 def fill(ctx: Context, op):
     dims, value = ctx.inputs(op)
-    return [ctx.node("Expand", [value, int64(ctx, dims)])]
+    return [fold(ctx, "Expand", [value, int64(ctx, dims)])]
 
 
 @tf_op("BroadcastTo")
 def broadcast_to(ctx: Context, op):
     x, dims = ctx.inputs(op)
-    return [ctx.node("Expand", [x, int64(ctx, dims)])]
+    return [fold(ctx, "Expand", [x, int64(ctx, dims)])]
 
 
 @tf_op("Tile")
 def tile(ctx: Context, op):
     x, reps = ctx.inputs(op)
-    return [ctx.node("Tile", [x, int64(ctx, reps)])]
+    return [fold(ctx, "Tile", [x, int64(ctx, reps)])]
 
 
 @tf_op("Range")
 def range_(ctx: Context, op):
-    return [ctx.node("Range", ctx.inputs(op))]
+    return [fold(ctx, "Range", ctx.inputs(op))]
 
 
 @tf_op("ZerosLike", "OnesLike")
 def zeros_like(ctx: Context, op):
+    if op.inputs[0].dtype.name == "variant":  # a TensorList
+        from opencann.frontends.tensorflow.ops import tensorlist
+
+        return tensorlist.zeros_like(ctx, op)
     x = ctx.input(op, 0)
     one = ctx.const(np.array(1 if op.type == "OnesLike" else 0, dtype=x.type.dtype if x.type else np.float32))
-    return [ctx.node("Expand", [one, ctx.node("Shape", [x])])]
+    return [fold(ctx, "Expand", [one, fold(ctx, "Shape", [x])])]
 
 
 @tf_op("ConcatV2")
 def concat(ctx: Context, op):
     *values, axis = ctx.inputs(op)
-    return [ctx.node("Concat", values, axis=int(axis.const))]
+    return [fold(ctx, "Concat", values, axis=int(axis.const))]
 
 
 @tf_op("Pack")
 def pack(ctx: Context, op):
     axis = ctx.attr(op, "axis", 0)
     ax = ctx.const(np.array([axis], np.int64))
-    return [ctx.node("Concat", [ctx.node("Unsqueeze", [v, ax]) for v in ctx.inputs(op)], axis=axis)]
+    return [fold(ctx, "Concat", [fold(ctx, "Unsqueeze", [v, ax]) for v in ctx.inputs(op)], axis=axis)]
+
+
+@tf_op("Unpack")
+def unpack(ctx: Context, op):
+    axis, n = ctx.attr(op, "axis", 0), ctx.attr(op, "num")
+    ax = ctx.const(np.array([axis], np.int64))
+    parts = _split(ctx, ctx.input(op, 0), axis, n)
+    return [fold(ctx, "Squeeze", [p, ax]) for p in parts]
+
+
+def _split(ctx: Context, x, axis: int, n: int, sizes=None) -> list:
+    inputs = [x] if sizes is None else [x, sizes]
+    attrs = {"num_outputs": n} if sizes is None else {}
+    if n == 1:
+        return [fold(ctx, "Identity", [x])]
+    return list(fold(ctx, "Split", inputs, n_outputs=n, axis=axis, **attrs))
+
+
+@tf_op("Split")
+def split(ctx: Context, op):
+    return _split(ctx, ctx.input(op, 1), int(ctx.const_value(op, 0)), ctx.attr(op, "num_split"))
+
+
+@tf_op("SplitV")
+def split_v(ctx: Context, op):
+    """Split sizes may hold one -1 (the rest of the axis): resolved from the static shape."""
+    axis, sizes = int(ctx.const_value(op, 2)), ctx.const_value(op, 1)
+    if sizes is None:
+        return _split(ctx, ctx.input(op, 0), axis, ctx.attr(op, "num_split"), int64(ctx, ctx.input(op, 1)))
+    sizes = sizes.astype(np.int64)
+    if (sizes < 0).any():
+        sizes[sizes < 0] = op.inputs[0].shape[axis] - sizes[sizes >= 0].sum()
+    return _split(ctx, ctx.input(op, 0), axis, len(sizes), ctx.const(sizes))
+
+
+@tf_op("ConcatOffset")
+def concat_offset(ctx: Context, op):
+    return opencann_node(ctx, "ConcatOffset", ctx.inputs(op), n_outputs=len(op.outputs))
+
+
+@tf_op("Slice")
+def slice_(ctx: Context, op):
+    """Slice(x, begin, size): size -1 runs to the end of the axis."""
+    x, begin, size = ctx.inputs(op)
+    b, n = ctx.const_value(op, 1), ctx.const_value(op, 2)
+    if b is not None and n is not None:
+        ends = np.where(n == -1, np.iinfo(np.int64).max, b.astype(np.int64) + n)
+        return [fold(ctx, "Slice", [x, ctx.const(b.astype(np.int64)), ctx.const(ends)])]
+    b64, n64 = int64(ctx, begin), int64(ctx, size)
+    to_end = fold(ctx, "Equal", [n64, ctx.const(np.array(-1, np.int64))])
+    ends = fold(ctx, "Where", [to_end, ctx.const(np.array(np.iinfo(np.int64).max)), fold(ctx, "Add", [b64, n64])])
+    return [fold(ctx, "Slice", [x, b64, ends])]
+
+
+@tf_op("Pad", "PadV2")
+def pad(ctx: Context, op):
+    """TensorFlow's [rank, 2] paddings become ONNX's begins-then-ends list."""
+    x, paddings = ctx.input(op, 0), ctx.input(op, 1)
+    flat = fold(ctx, "Reshape", [fold(ctx, "Transpose", [int64(ctx, paddings)], perm=[1, 0]),
+                                ctx.const(np.array([-1], np.int64))])
+    value = [ctx.input(op, 2)] if op.type == "PadV2" else []
+    return [fold(ctx, "Pad", [x, flat, *value])]
+
+
+@tf_op("MirrorPad", "MirrorPadGrad")
+def mirror_pad(ctx: Context, op):
+    return [fold(ctx, op.type, ctx.inputs(op), domain="opencann", mode=ctx.attr(op, "mode"))]
+
+
+@tf_op("ListDiff")
+def list_diff(ctx: Context, op):
+    return opencann_node(ctx, "ListDiff", ctx.inputs(op), n_outputs=2, out_idx=onnx_code(op.get_attr("out_idx")))
+
+
+@tf_op("GatherNd")
+def gather_nd(ctx: Context, op):
+    params, indices = ctx.inputs(op)
+    return [fold(ctx, "GatherND", [params, int64(ctx, indices)])]
+
+
+@tf_op("OneHot")
+def one_hot(ctx: Context, op):
+    return [fold(ctx, "OneHot", ctx.inputs(op), domain="opencann", axis=ctx.attr(op, "axis", -1))]
 
 
 @tf_op("GatherV2")
 def gather(ctx: Context, op):
     params, indices, axis = ctx.inputs(op)
-    return [ctx.node("Gather", [params, indices], axis=int(axis.const))]
+    return [fold(ctx, "Gather", [params, indices], axis=int(axis.const))]
 
 
-@tf_op("StridedSlice")
+@tf_op("StridedSlice", "StridedSliceGrad")
 def strided_slice(ctx: Context, op):
     masks = {k: ctx.attr(op, k, 0) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
                                              "shrink_axis_mask")}
-    return [ctx.node("StridedSlice", ctx.inputs(op), domain="opencann", **masks)]
+    return [fold(ctx, op.type, ctx.inputs(op), domain="opencann", **masks)]

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from opencann.frontends.tensorflow.dtypes import onnx_code
+from opencann.frontends.tensorflow.dtypes import np_dtype, onnx_code
 from opencann.frontends.tensorflow.importer import Context, tf_op
+from opencann.frontends.tensorflow.ops.array import fold, opencann_node
 
 BINARY = {"AddV2": "Add", "Add": "Add", "Sub": "Sub", "Mul": "Mul", "RealDiv": "Div", "Maximum": "Max",
           "Minimum": "Min", "Pow": "Pow", "Equal": "Equal", "Less": "Less", "LessEqual": "LessOrEqual",
@@ -13,80 +14,164 @@ BINARY = {"AddV2": "Add", "Add": "Add", "Sub": "Sub", "Mul": "Mul", "RealDiv": "
 UNARY = {"Neg": "Neg", "Exp": "Exp", "Log": "Log", "Sqrt": "Sqrt", "Abs": "Abs", "Tanh": "Tanh",
          "Sigmoid": "Sigmoid", "Relu": "Relu", "Floor": "Floor", "Ceil": "Ceil", "Reciprocal": "Reciprocal",
          "Inv": "Reciprocal", "Sign": "Sign", "LogicalNot": "Not", "IsNan": "IsNaN", "Erf": "Erf",
-         "Softplus": "Softplus", "Elu": "Elu", "Selu": "Selu", "Round": "Round", "Sin": "Sin", "Cos": "Cos"}
+         "Softplus": "Softplus", "Elu": "Elu", "Selu": "Selu", "Round": "Round", "Rint": "Round", "Sin": "Sin",
+         "Cos": "Cos", "Tan": "Tan", "Asin": "Asin", "Acos": "Acos", "Atan": "Atan", "Sinh": "Sinh", "Cosh": "Cosh",
+         "Asinh": "Asinh", "Acosh": "Acosh", "Atanh": "Atanh", "IsInf": "IsInf", "Softsign": "Softsign"}
+# TensorFlow ops with an "opencann" kernel of the same name and operands (elementwise math and gradients)
+OPENCANN = ("Log1p", "Expm1", "Xlogy", "Xdivy", "MulNoNan", "TanhGrad", "SigmoidGrad", "SqrtGrad", "RsqrtGrad",
+            "ReciprocalGrad", "InvGrad")
 REDUCE = {"Sum": "ReduceSum", "Mean": "ReduceMean", "Max": "ReduceMax", "Min": "ReduceMin", "Prod": "ReduceProd",
           "All": "ReduceMin", "Any": "ReduceMax"}
 
 
 @tf_op(*BINARY)
 def binary(ctx: Context, op):
-    return [ctx.node(BINARY[op.type], ctx.inputs(op))]
+    return [fold(ctx, BINARY[op.type], ctx.inputs(op))]
 
 
 @tf_op(*UNARY)
 def unary(ctx: Context, op):
-    return [ctx.node(UNARY[op.type], ctx.inputs(op))]
+    return [fold(ctx, UNARY[op.type], ctx.inputs(op))]
+
+
+@tf_op(*OPENCANN)
+def opencann_same(ctx: Context, op):
+    name = "ReciprocalGrad" if op.type == "InvGrad" else op.type
+    return [fold(ctx, name, ctx.inputs(op), domain="opencann")]
+
+
+@tf_op("Erfc")
+def erfc(ctx: Context, op):
+    one = ctx.const(np.array(1, np_dtype(op.inputs[0].dtype)))
+    return [fold(ctx, "Sub", [one, fold(ctx, "Erf", [ctx.input(op, 0)])])]
+
+
+@tf_op("IsFinite")
+def is_finite(ctx: Context, op):
+    x = ctx.input(op, 0)
+    return [fold(ctx, "Not", [fold(ctx, "Or", [fold(ctx, "IsNaN", [x]), fold(ctx, "IsInf", [x])])])]
+
+
+@tf_op("NotEqual")
+def not_equal(ctx: Context, op):
+    return [fold(ctx, "Not", [fold(ctx, "Equal", ctx.inputs(op))])]
+
+
+@tf_op("Select", "SelectV2")
+def select(ctx: Context, op):
+    """SelectV2 broadcasts; Select's rank-1 condition picks whole rows of higher-rank operands."""
+    cond, x, y = ctx.inputs(op)
+    rank, cond_rank = op.inputs[1].shape.rank, op.inputs[0].shape.rank
+    if op.type == "Select" and cond_rank == 1 and rank is not None and rank > 1:
+        cond = fold(ctx, "Reshape", [cond, ctx.const(np.array([-1] + [1] * (rank - 1), np.int64))])
+    return [fold(ctx, "Where", [cond, x, y])]
+
+
+@tf_op("ClipByValue")
+def clip_by_value(ctx: Context, op):
+    x, lo, hi = ctx.inputs(op)
+    return [fold(ctx, "Max", [fold(ctx, "Min", [x, hi]), lo])]
+
+
+@tf_op("ArgMax", "ArgMin")
+def arg_max(ctx: Context, op):
+    axis = int(ctx.const_value(op, 1))
+    index = fold(ctx, op.type, [ctx.input(op, 0)], axis=axis, keepdims=0)
+    return [fold(ctx, "Cast", [index], to=onnx_code(op.get_attr("output_type")))]
+
+
+@tf_op("Cumsum", "Cumprod")
+def cumsum(ctx: Context, op):
+    flags = {"exclusive": int(ctx.attr(op, "exclusive", False)), "reverse": int(ctx.attr(op, "reverse", False))}
+    if op.type == "Cumprod":
+        return [fold(ctx, "Cumprod", ctx.inputs(op), domain="opencann", **flags)]
+    return [fold(ctx, "CumSum", ctx.inputs(op), **flags)]
+
+
+@tf_op("Einsum")
+def einsum(ctx: Context, op):
+    return [fold(ctx, "Einsum", ctx.inputs(op), domain="opencann", equation=ctx.attr(op, "equation"))]
+
+
+@tf_op("BroadcastGradientArgs")
+def broadcast_gradient_args(ctx: Context, op):
+    """Folded to constants when both shapes are known (the usual case)."""
+    return opencann_node(ctx, op.type, ctx.inputs(op), n_outputs=2)
+
+
+@tf_op("Bitcast")
+def bitcast(ctx: Context, op):
+    return [fold(ctx, "Bitcast", [ctx.input(op, 0)], domain="opencann", to=onnx_code(op.get_attr("type")))]
 
 
 @tf_op("Square")
 def square(ctx: Context, op):
     x = ctx.input(op, 0)
-    return [ctx.node("Mul", [x, x])]
+    return [fold(ctx, "Mul", [x, x])]
 
 
 @tf_op("Rsqrt")
 def rsqrt(ctx: Context, op):
-    return [ctx.node("Reciprocal", [ctx.node("Sqrt", [ctx.input(op, 0)])])]
+    return [fold(ctx, "Reciprocal", [fold(ctx, "Sqrt", [ctx.input(op, 0)])])]
 
 
 @tf_op("SquaredDifference")
 def squared_difference(ctx: Context, op):
-    d = ctx.node("Sub", ctx.inputs(op))
-    return [ctx.node("Mul", [d, d])]
+    d = fold(ctx, "Sub", ctx.inputs(op))
+    return [fold(ctx, "Mul", [d, d])]
 
 
 @tf_op("DivNoNan")
 def div_no_nan(ctx: Context, op):
-    return [ctx.node("DivNoNan", ctx.inputs(op), domain="opencann")]
+    return [fold(ctx, "DivNoNan", ctx.inputs(op), domain="opencann")]
 
 
 @tf_op("FloorDiv", "FloorMod", "TruncateDiv")
 def floor_div(ctx: Context, op):
-    return [ctx.node(op.type, ctx.inputs(op), domain="opencann")]
+    return [fold(ctx, op.type, ctx.inputs(op), domain="opencann")]
 
 
 @tf_op("AddN")
 def add_n(ctx: Context, op):
-    return [ctx.node("Sum", ctx.inputs(op))]
+    if op.inputs[0].dtype.name == "variant":  # TensorLists
+        from opencann.frontends.tensorflow.ops import tensorlist
+
+        return tensorlist.add_n(ctx, op)
+    return [fold(ctx, "Sum", ctx.inputs(op))]
 
 
 @tf_op("Cast")
 def cast(ctx: Context, op):
-    return [ctx.node("Cast", [ctx.input(op, 0)], to=onnx_code(op.get_attr("DstT")))]
+    return [fold(ctx, "Cast", [ctx.input(op, 0)], to=onnx_code(op.get_attr("DstT")))]
 
 
 @tf_op(*REDUCE)
 def reduce(ctx: Context, op):
     x, axes = ctx.input(op, 0), ctx.input(op, 1)
     keep = int(bool(ctx.attr(op, "keep_dims", False)))
-    axes64 = ctx.node("Reshape", [ctx.node("Cast", [axes], to=7), ctx.const(np.array([-1], np.int64))])
+    axes64 = fold(ctx, "Reshape", [fold(ctx, "Cast", [axes], to=7), ctx.const(np.array([-1], np.int64))])
     if op.type in ("All", "Any"):
-        as_int = ctx.node("Cast", [x], to=6)
-        return [ctx.node("Cast", [ctx.node(REDUCE[op.type], [as_int, axes64], keepdims=keep)], to=9)]
-    return [ctx.node(REDUCE[op.type], [x, axes64], keepdims=keep)]
+        as_int = fold(ctx, "Cast", [x], to=6)
+        return [fold(ctx, "Cast", [fold(ctx, REDUCE[op.type], [as_int, axes64], keepdims=keep,
+                                           noop_with_empty_axes=1)], to=9)]
+    return [fold(ctx, REDUCE[op.type], [x, axes64], keepdims=keep, noop_with_empty_axes=1)]
 
 
 @tf_op("MatMul", "BatchMatMulV2", "BatchMatMulV3", "BatchMatMul")
 def matmul(ctx: Context, op):
     a, b = ctx.inputs(op)
     if ctx.attr(op, "transpose_a") or ctx.attr(op, "adj_x"):
-        a = _swap(ctx, a, op.inputs[0])
+        a = _swap(ctx, a, op, 0)
     if ctx.attr(op, "transpose_b") or ctx.attr(op, "adj_y"):
-        b = _swap(ctx, b, op.inputs[1])
-    return [ctx.node("MatMul", [a, b])]
+        b = _swap(ctx, b, op, 1)
+    return [fold(ctx, "MatMul", [a, b])]
 
 
-def _swap(ctx: Context, v, t):
-    rank = v.type.rank if v.type is not None and v.type.rank is not None else t.shape.rank
-    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-    return ctx.node("Transpose", [v], perm=perm)
+def _swap(ctx: Context, v, op, i: int):
+    """``v`` with its last two axes swapped (any rank when TensorFlow does not know it)."""
+    rank = 2 if op.type == "MatMul" else op.inputs[i].shape.rank
+    if rank is None and v.type is not None:
+        rank = v.type.rank
+    if rank is None:
+        return fold(ctx, "Einsum", [v], domain="opencann", equation="...ij->...ji")
+    return fold(ctx, "Transpose", [v], perm=list(range(rank - 2)) + [rank - 1, rank - 2])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from opencann.frontends.tensorflow.dtypes import np_dtype
 from opencann.frontends.tensorflow.importer import Context, tf_op
 
 
@@ -34,3 +35,31 @@ def softmax(ctx: Context, op):
 @tf_op("SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits")
 def softmax_cross_entropy(ctx: Context, op):
     return list(ctx.node(op.type, ctx.inputs(op), n_outputs=2, domain="opencann"))
+
+
+@tf_op("LeakyRelu")
+def leaky_relu(ctx: Context, op):
+    return [ctx.node("LeakyRelu", ctx.inputs(op), alpha=float(ctx.attr(op, "alpha", 0.2)))]
+
+
+@tf_op("Relu6")
+def relu6(ctx: Context, op):
+    dtype = np_dtype(op.inputs[0].dtype)
+    return [ctx.node("Clip", [ctx.input(op, 0), ctx.const(np.array(0, dtype)), ctx.const(np.array(6, dtype))])]
+
+
+@tf_op("SoftplusGrad", "SoftsignGrad", "EluGrad", "SeluGrad", "Relu6Grad")
+def activation_grad(ctx: Context, op):
+    return [ctx.node(op.type, ctx.inputs(op), domain="opencann")]
+
+
+@tf_op("LeakyReluGrad")
+def leaky_relu_grad(ctx: Context, op):
+    return [ctx.node(op.type, ctx.inputs(op), domain="opencann", alpha=float(ctx.attr(op, "alpha", 0.2)))]
+
+
+@tf_op("L2Loss")
+def l2_loss(ctx: Context, op):
+    x = ctx.input(op, 0)
+    half = ctx.const(np.array(0.5, np_dtype(op.inputs[0].dtype)))
+    return [ctx.node("Mul", [ctx.node("ReduceSumSquare", [x], keepdims=0), half])]

@@ -1,0 +1,258 @@
+"""CNNs on opencann: Keras conv/pool/batch-norm models train like TensorFlow, and each conv, pooling and
+fused batch-norm op (forward and gradients; NHWC and NCHW; SAME/VALID/EXPLICIT; strides; dilations)
+matches TensorFlow."""
+import numpy as np
+import pytest
+
+from tests.tf.harness import assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
+
+RNG = np.random.default_rng(0)
+
+
+def cnn_bn_sgdm():
+    """The reference scenario: Conv2D, BatchNormalization, MaxPooling2D, DepthwiseConv2D,
+    GlobalAveragePooling2D, Dropout, softmax Dense; SGD with momentum; categorical cross-entropy."""
+    m = keras.Sequential([
+        keras.Input((12, 12, 3)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        keras.layers.BatchNormalization(),
+        keras.layers.MaxPooling2D(),
+        keras.layers.DepthwiseConv2D(3, padding="same", activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dropout(0.25),  # opencann draws TF's masks bit for bit (Philox), so steps still match
+        keras.layers.Dense(4, activation="softmax"),
+    ])
+    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="categorical_crossentropy",
+              metrics=["accuracy"])
+    return m
+
+
+def conv1d_net():
+    m = keras.Sequential([
+        keras.Input((16, 3)),
+        keras.layers.Conv1D(6, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.Conv1D(5, 3, dilation_rate=2, activation="relu"),
+        keras.layers.AveragePooling1D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4),
+    ])
+    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def transpose_net():
+    m = keras.Sequential([
+        keras.Input((8, 8, 2)),
+        keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", activation="relu"),
+        keras.layers.AveragePooling2D(2),
+        keras.layers.Conv2D(4, 2, padding="valid", groups=2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(4),
+    ])
+    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def images(shape, n=160, classes=4):
+    return RNG.random((n, *shape)).astype(np.float32), RNG.integers(0, classes, n)
+
+
+def test_cnn_bn_sgdm_fit_evaluate_predict_match_tensorflow():
+    x, labels = images((12, 12, 3))
+    y = keras.utils.to_categorical(labels, 4)
+    tf_losses, oc_losses, tf_model, oc_model, adapter = fit_both(cnn_bn_sgdm, x, y, epochs=2)
+    assert_losses_match(tf_losses, oc_losses)
+    assert_weights_match(tf_model, oc_model)  # kernels, BN gamma/beta and moving statistics
+    assert adapter.executions >= len(oc_losses)  # every train step (and metric reads) ran on opencann
+    expected = tf_model.evaluate(x[:48], y[:48], batch_size=16, verbose=0)
+    reference = tf_model.predict(x[:40], batch_size=16, verbose=0)
+    adapter = oc.enable()
+    got = oc_model.evaluate(x[:48], y[:48], batch_size=16, verbose=0)
+    predicted = oc_model.predict(x[:40], batch_size=16, verbose=0)
+    assert adapter.executions > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    np.testing.assert_allclose(predicted, reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("make, shape", [(conv1d_net, (16, 3)), (transpose_net, (8, 8, 2))],
+                         ids=["conv1d", "conv2d_transpose_avgpool_grouped"])
+def test_conv_layers_train_like_tensorflow(make, shape):
+    x, y = images(shape)
+    tf_losses, oc_losses, tf_model, oc_model, _ = fit_both(make, x, y, epochs=2)
+    assert_losses_match(tf_losses, oc_losses)
+    assert_weights_match(tf_model, oc_model)
+
+
+# --- single ops: forward and gradients against TensorFlow ------------------------------------------
+
+def on_opencann(fn, *args):
+    adapter = oc.enable()
+    try:
+        got = [t.numpy() for t in tf.nest.flatten(tf.function(fn)(*args))]
+    finally:
+        oc.disable()
+    assert adapter.executions == 1
+    return got
+
+
+def run_both(fn, *args):
+    """Outputs of ``tf.function(fn)`` on opencann, and TensorFlow's."""
+    return on_opencann(fn, *args), [t.numpy() for t in tf.nest.flatten(tf.function(fn)(*args))]
+
+
+def run_nchw(fn, x, *rest):
+    """``fn(data_format)`` run NCHW on opencann, against TensorFlow NHWC (its CPU kernels lack NCHW); the
+    first two outputs (the result and the input's gradient) are compared after moving channels last."""
+    got = on_opencann(fn("NCHW"), np.ascontiguousarray(np.moveaxis(x, -1, 1)), *rest)
+    _, expected = run_both(fn("NHWC"), x, *rest)
+    return [*(np.moveaxis(g, 1, -1) for g in got[:2]), *got[2:]], expected
+
+
+def assert_same(got, expected, rtol=1e-5):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol * max(1.0, float(np.abs(e).max(initial=0))))
+
+
+def loss_of(y):
+    """A loss whose gradient is not linear in y (BN's input gradient would cancel out otherwise)."""
+    return tf.reduce_sum(tf.sin(3 * y) * y)
+
+
+def with_grads(forward, n_wrt):
+    """``fn(*args) -> [y, d loss / d args[:n_wrt]...]``."""
+
+    def fn(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args[:n_wrt])
+            y = forward(*args)
+            loss = loss_of(y)
+        return [y, *tape.gradient(loss, args[:n_wrt])]
+
+    return fn
+
+
+CONV_CASES = {
+    "same": dict(strides=1, padding="SAME"),
+    "valid_stride2": dict(strides=2, padding="VALID"),
+    "same_stride3": dict(strides=3, padding="SAME"),
+    "same_dilated": dict(strides=1, padding="SAME", dilations=2),
+    "explicit_stride2": dict(strides=2, padding=[[0, 0], [1, 2], [0, 1], [0, 0]]),
+    "grouped": dict(strides=1, padding="SAME", groups=2),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_conv2d_and_gradients(case, data_format):
+    spec = dict(CONV_CASES[case])
+    groups = spec.pop("groups", 1)
+    x = RNG.standard_normal((2, 9, 8, 4)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 4 // groups, 6)).astype(np.float32)
+
+    def conv(fmt):
+        pad = spec["padding"]
+        if fmt == "NCHW" and isinstance(pad, list):
+            pad = [pad[0], pad[3], pad[1], pad[2]]
+        return with_grads(lambda x, w: tf.nn.conv2d(x, w, spec["strides"], pad, data_format=fmt,
+                                                    dilations=spec.get("dilations")), 2)
+
+    assert_same(*(run_both(conv("NHWC"), x, w) if data_format == "NHWC" else run_nchw(conv, x, w)))
+
+
+@pytest.mark.parametrize("strides, padding, dilations", [(1, "SAME", 1), (2, "SAME", 1), (2, "VALID", 1),
+                                                         (1, "SAME", 2), (1, "VALID", 3)])
+def test_depthwise_conv2d_and_gradients(strides, padding, dilations):
+    x = RNG.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 3, 2)).astype(np.float32)
+    fn = with_grads(lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, strides, strides, 1], padding,
+                                                        dilations=[dilations] * 2 if dilations > 1 else None), 2)
+    assert_same(*run_both(fn, x, w))  # dilations go through SpaceToBatchND / BatchToSpaceND
+
+
+def test_depthwise_nchw():
+    x = RNG.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 3, 2)).astype(np.float32)
+
+    def fn(fmt):
+        strides = [1, 2, 2, 1] if fmt == "NHWC" else [1, 1, 2, 2]
+        return with_grads(lambda x, w: tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=strides,
+                                                                        padding="SAME", data_format=fmt), 2)
+
+    assert_same(*run_nchw(fn, x, w))
+
+
+def test_conv3d_and_gradients():
+    x = RNG.standard_normal((2, 5, 6, 5, 3)).astype(np.float32)
+    w = RNG.standard_normal((2, 3, 3, 3, 4)).astype(np.float32)
+    fn = with_grads(lambda x, w: tf.nn.conv3d(x, w, [1, 1, 2, 2, 1], "SAME"), 2)
+    assert_same(*run_both(fn, x, w))
+
+
+def test_conv2d_transpose_and_gradients():
+    x = RNG.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 2, 3)).astype(np.float32)
+    fn = with_grads(lambda x, w: tf.nn.conv2d_transpose(x, w, [2, 8, 10, 2], 2, "SAME"), 2)
+    assert_same(*run_both(fn, x, w))
+
+
+POOL_CASES = [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, "SAME"), (2, 3, "SAME"), (3, 2, "VALID")]
+
+
+@pytest.mark.parametrize("ksize, strides, padding", POOL_CASES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool2d_and_gradients(kind, ksize, strides, padding):
+    x = RNG.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    pool = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
+    assert_same(*run_both(with_grads(lambda x: pool(x, ksize, strides, padding), 1), x))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_nchw_and_3d(kind):
+    x = RNG.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    pool = tf.nn.max_pool2d if kind == "max" else tf.nn.avg_pool2d
+
+    def fn(fmt):
+        return with_grads(lambda x: pool(x, 3, 2, "SAME", data_format=fmt), 1)
+
+    assert_same(*run_nchw(fn, x))
+    pool3 = tf.nn.max_pool3d if kind == "max" else tf.nn.avg_pool3d
+    x3 = RNG.standard_normal((2, 5, 6, 5, 2)).astype(np.float32)
+    assert_same(*run_both(with_grads(lambda x: pool3(x, [2, 3, 3], [1, 2, 2], "SAME"), 1), x3))
+
+
+def test_max_pool_explicit_padding():
+    x = RNG.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    padding = [[0, 0], [1, 2], [2, 0], [0, 0]]
+    assert_same(*run_both(with_grads(lambda x: tf.nn.max_pool2d(x, 3, 2, padding), 1), x))
+
+
+def test_max_pool_gradient_ties_go_to_the_first_maximum():
+    x = np.maximum(np.round(RNG.standard_normal((2, 8, 8, 3)), 0), 0).astype(np.float32)  # many equal values
+    assert_same(*run_both(with_grads(lambda x: tf.nn.max_pool2d(x, 3, 2, "SAME"), 1), x))
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("mode", ["training", "inference", "running_average"])
+def test_fused_batch_norm_and_gradients(mode, data_format):
+    x = (RNG.standard_normal((4, 5, 6, 3)) * 2 + 1).astype(np.float32)
+    scale, offset, mean = (RNG.standard_normal(3).astype(np.float32) for _ in range(3))
+    var = RNG.random(3).astype(np.float32) + 0.5
+
+    def bn(fmt):
+        def fn(x, scale, offset, mean, var):
+            with tf.GradientTape() as tape:
+                tape.watch([x, scale, offset])
+                y, batch_mean, batch_var, *_ = tf.raw_ops.FusedBatchNormV3(
+                    x=x, scale=scale, offset=offset, mean=mean, variance=var, epsilon=1e-3, data_format=fmt,
+                    exponential_avg_factor=0.3 if mode == "running_average" else 1.0, is_training=mode != "inference")
+                loss = loss_of(y)
+            return [y, *tape.gradient(loss, [x, scale, offset]), batch_mean, batch_var]
+
+        return fn
+
+    args = (x, scale, offset, mean, var)
+    assert_same(*(run_both(bn("NHWC"), *args) if data_format == "NHWC" else run_nchw(bn, *args)))
