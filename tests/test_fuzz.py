@@ -13,9 +13,10 @@ edited field by field (unknown operators, bad opsets, initializers whose raw dat
 missing inputs, external data naming missing files or ``../../etc/passwd``, huge dimensions, deep
 nesting) or byte by byte.
 
-CI runs every test derandomized (the same examples each run) with a default number of examples per test
-(``DEFAULT_EXAMPLES``, about 2,400 cases in all). The longer run sets the number of examples per test and
-draws new random examples each time (a failure prints the seed that reproduces it)::
+CI runs every test derandomized (the same examples each run): ``DEFAULT_EXAMPLES`` (400) examples for each
+of the six property tests, 2,400 cases in all, in about 15 s. ``OPENCANN_FUZZ_EXAMPLES`` sets the number of
+examples per test for the longer run, which draws new random examples each time (a failure prints the
+``@reproduce_failure`` blob that replays it); 10,000 a test (60,000 cases) takes about 5 minutes::
 
     OPENCANN_FUZZ_EXAMPLES=10000 .venv/bin/python -m pytest tests/test_fuzz.py -q --hypothesis-show-statistics
 """
@@ -638,8 +639,8 @@ def test_onnx_file_external_data(tmp_path_factory, location, with_raw, extra):
     path.write_bytes(model.SerializeToString())
     graph = accepts_or_acl_error(import_onnx, path)
     if graph is not None:
-        outside = os.path.normpath(os.path.join(folder, location))
-        assert os.path.dirname(outside) == str(folder), f"read external data outside the model folder: {location!r}"
+        read = os.path.normpath(os.path.join(folder, location))
+        assert os.path.commonpath([read, folder]) == str(folder), f"read data outside the model folder: {location!r}"
         accepts_or_acl_error(Executor, graph)
     accepts_or_acl_error(import_onnx, model.SerializeToString())  # the same model as bytes never reads files
 

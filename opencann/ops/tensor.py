@@ -342,6 +342,7 @@ def cumprod(x, axis, *, exclusive=0, reverse=0):
 
 @op("Einsum", since=12)
 def einsum(*inputs, equation):
+    """Contracted through BLAS where NumPy's optimizer finds a matrix product."""
     work = [x.astype(compute_dtype(x.dtype), copy=False) for x in inputs]
-    out = np.einsum(equation.replace(" ", ""), *work, optimize=len(work) > 2)
+    out = np.einsum(equation.replace(" ", ""), *work, optimize=True)
     return np.asarray(out).astype(inputs[0].dtype, copy=False)

@@ -1,8 +1,13 @@
-"""Operators of TensorFlow that ONNX has no equivalent for (domain ``opencann``): the forward ops and
-the gradient ops a traced training step emits. Semantics are TensorFlow's."""
+"""Operators of TensorFlow that ONNX has no equivalent for (domain ``opencann``), with TensorFlow's
+semantics: the gradient ops a traced training step emits (activation gradients, StridedSliceGrad,
+BroadcastGradientArgs, ConcatOffset, MirrorPadGrad, DynamicStitch), elementwise math ONNX lacks, and
+TensorFlow's own forms of slicing, one-hot, bit casts, diagonals, segment reductions and sorted search.
+The stateless random ops are in :mod:`opencann.ops.tf_stateless`."""
+import ml_dtypes
 import numpy as np
 
 from opencann.compiler.dtypes import from_onnx
+from opencann.errors import AclError, ErrorCode
 from opencann.ops.common import compute_dtype
 from opencann.ops.registry import op
 from opencann.ops.tensor import cumprod as onnx_cumprod
@@ -187,13 +192,6 @@ def bitcast(x, *, to):
     return x.view(dt).reshape(x.shape[:-1] if dt.itemsize > x.dtype.itemsize else x.shape)
 
 
-@op("Einsum", domain=DOMAIN)
-def einsum(*inputs, equation):
-    """Einsum contracted with BLAS where it can (NumPy's optimized path), like TensorFlow's."""
-    work = [x.astype(compute_dtype(x.dtype), copy=False) for x in inputs]
-    return np.asarray(np.einsum(equation, *work, optimize=True)).astype(inputs[0].dtype, copy=False)
-
-
 # --- shapes, slicing and their gradients ----------------------------------------------------------
 
 @op("BroadcastGradientArgs", domain=DOMAIN)
@@ -293,3 +291,115 @@ def mirror_pad_grad(grad, paddings, *, mode="REFLECT"):
 def cumprod(x, axis, *, exclusive=0, reverse=0):
     """TensorFlow's Cumprod (ONNX has CumProd only from opset 26)."""
     return onnx_cumprod(x, axis, exclusive=exclusive, reverse=reverse)
+
+
+@op("DynamicStitch", domain=DOMAIN)
+def dynamic_stitch(*indices_then_data):
+    """``merged[indices[m][i]] = data[m][i]``; where indices repeat, the later slice wins."""
+    n = len(indices_then_data) // 2
+    indices, data = indices_then_data[:n], indices_then_data[n:]
+    tail = data[0].shape[np.ndim(indices[0]):]
+    flat = np.concatenate([np.reshape(i, -1) for i in indices]).astype(np.int64)
+    rows = np.concatenate([d.reshape(-1, *tail) for d in data])
+    out = np.zeros((int(flat.max()) + 1 if flat.size else 0, *tail), data[0].dtype)
+    targets, last = np.unique(flat[::-1], return_index=True)
+    out[targets] = rows[flat.size - 1 - last]
+    return out
+
+
+@op("Atan2", domain=DOMAIN)
+def atan2(y, x):
+    return np.arctan2(y, x).astype(y.dtype, copy=False)
+
+
+@op("Roll", domain=DOMAIN)
+def roll(x, shift, axis):
+    """Elements shifted cyclically; shifts of a repeated axis add up (as NumPy's and TensorFlow's do)."""
+    return np.roll(x, np.asarray(shift).tolist(), np.asarray(axis).tolist())
+
+
+@op("MatrixBandPart", domain=DOMAIN)
+def matrix_band_part(x, num_lower, num_upper):
+    """Keeps ``num_lower`` sub- and ``num_upper`` super-diagonals of the last two axes (negative: all)."""
+    rows, cols = np.arange(x.shape[-2])[:, None], np.arange(x.shape[-1])[None, :]
+    lower, upper = int(num_lower), int(num_upper)
+    keep = ((lower < 0) | (rows - cols <= lower)) & ((upper < 0) | (cols - rows <= upper))
+    return np.where(keep, x, np.zeros((), x.dtype))
+
+
+def _one_diagonal(k) -> int:
+    ks = np.asarray(k).reshape(-1)
+    if ks.size != 1 and ks[0] != ks[-1]:
+        raise AclError(ErrorCode.FEATURE_UNSUPPORTED, "matrix diagonals: only one diagonal (scalar k) is supported")
+    return int(ks[0])
+
+
+@op("MatrixDiagPartV3", domain=DOMAIN)
+def matrix_diag_part(x, k, padding_value):
+    """Diagonal ``k`` of the last two axes."""
+    d = _one_diagonal(k)
+    return np.ascontiguousarray(np.diagonal(x, offset=d, axis1=-2, axis2=-1))
+
+
+@op("MatrixDiagV3", domain=DOMAIN)
+def matrix_diag(diagonal, k, num_rows, num_cols, padding_value):
+    """Matrices with ``diagonal`` on diagonal ``k`` and ``padding_value`` elsewhere."""
+    d, n = _one_diagonal(k), diagonal.shape[-1]
+    rows = int(num_rows) if int(num_rows) >= 0 else n + max(-d, 0)
+    cols = int(num_cols) if int(num_cols) >= 0 else n + max(d, 0)
+    out = np.full((*diagonal.shape[:-1], rows, cols), np.asarray(padding_value).astype(diagonal.dtype))
+    i = np.arange(n)
+    out[..., i + max(-d, 0), i + max(d, 0)] = diagonal
+    return out
+
+
+@op("MatrixSetDiagV3", domain=DOMAIN)
+def matrix_set_diag(x, diagonal, k):
+    """``x`` with diagonal ``k`` of its last two axes replaced by ``diagonal``."""
+    d = _one_diagonal(k)
+    out = x.copy()
+    i = np.arange(diagonal.shape[-1])
+    out[..., i + max(-d, 0), i + max(d, 0)] = diagonal
+    return out
+
+
+@op("SearchSorted", domain=DOMAIN)
+def search_sorted(sorted_inputs, values, *, side="left", out_type=6):
+    """LowerBound (side left) / UpperBound (right), row by row of the leading axis."""
+    found = [np.searchsorted(s, v, side=side) for s, v in zip(sorted_inputs, values)]
+    return np.asarray(found, from_onnx(out_type)).reshape(values.shape)
+
+
+SEGMENT_UFUNCS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum, "mean": np.add}
+
+
+@op("SegmentReduce", domain=DOMAIN)
+def segment_reduce(data, segment_ids, num_segments=None, *, reduction="sum"):
+    """Rows of ``data`` reduced per segment id (negative ids dropped). Without ``num_segments`` the ids
+    are TensorFlow's sorted Segment* ones and empty segments give 0; with it (UnsortedSegment*) they give
+    the reduction's identity (the dtype's lowest value for max, highest for min)."""
+    ids = segment_ids.astype(np.int64).reshape(-1)
+    rows = data.reshape(ids.size, *data.shape[segment_ids.ndim:])
+    keep = ids >= 0
+    ids, rows = ids[keep], rows[keep]
+    n = int(num_segments) if num_segments is not None else (int(ids.max()) + 1 if ids.size else 0)
+    info = np.iinfo(data.dtype) if data.dtype.kind in "iu" else ml_dtypes.finfo(data.dtype)
+    identity = {"max": info.min, "min": info.max, "prod": 1}.get(reduction, 0)
+    out = np.full((n, *rows.shape[1:]), identity, data.dtype)
+    SEGMENT_UFUNCS[reduction].at(out, ids, rows)
+    if reduction == "mean":
+        counts = np.bincount(ids, minlength=n).reshape(-1, *[1] * (out.ndim - 1))
+        out = (out / np.maximum(counts, 1)).astype(data.dtype)
+    if num_segments is None:
+        out[np.bincount(ids, minlength=n) == 0] = 0
+    return out
+
+
+@op("InTopK", domain=DOMAIN)
+def in_top_k(predictions, targets, k):
+    """Whether each row's target class is among its ``k`` largest predictions (ties count as in)."""
+    t = targets.astype(np.int64)
+    valid = (t >= 0) & (t < predictions.shape[1])
+    target = predictions[np.arange(t.size), np.clip(t, 0, predictions.shape[1] - 1)]
+    better = (predictions > target[:, None]).sum(axis=1)
+    return valid & np.isfinite(target) & (better < int(k))

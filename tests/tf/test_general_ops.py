@@ -108,11 +108,13 @@ def test_selection_indexing_and_casts():
     @tf.function
     def f(x, labels):
         cond = x > 0
+        ints = tf.cast(x * 10, tf.int32)
         return [tf.where(cond, x, -x), tf.compat.v1.where(cond[:, 0, 0], x, 2 * x), tf.where(cond[0]),
                 tf.one_hot(labels, 4, on_value=2.0, off_value=-1.0), tf.one_hot(labels, 3, axis=0),
-                tf.bitcast(x, tf.int32), tf.bitcast(x[0, 0], tf.uint8), tf.scatter_nd([[1], [3], [1]],
-                                                                                      x[:3, 0], [5, 5]),
-                tf.cast(x * 10, tf.int32) // 3, tf.cast(x * 10, tf.int32) % 3, tf.shape(x), tf.size(x)]
+                tf.bitcast(x, tf.int32), tf.bitcast(x[0, 0], tf.uint8),
+                tf.scatter_nd([[1], [3], [1]], x[:3, 0], [5, 5]),
+                tf.dynamic_stitch([[0, 2], [1, 2]], [x[:2, 0], x[2:4, 1]]), ints // 3, ints % 3, tf.shape(x),
+                tf.size(x), tf.rank(x)]
 
     assert_same(f, X, tf.constant([0, 3, -1, 2, 5]), exact=True)
 
@@ -131,3 +133,19 @@ def test_stateless_random_streams_match_tensorflow(dtype):
         normal = tf.function(lambda s: [tf.random.stateless_normal([4, 9], s, dtype=dtype),
                                         tf.random.stateless_truncated_normal([4, 9], s, dtype=dtype)])
         assert_same(normal, tf.constant(seed), rtol=1e-6, atol=2e-7)
+
+
+def test_sorting_segments_and_matrices():
+    @tf.function
+    def f(x):
+        return [tf.math.top_k(x, 3).values, tf.math.top_k(x, 3).indices, tf.sort(x, direction="DESCENDING"),
+                tf.argsort(x), tf.roll(x, [2, -1], axis=[1, 0]), tf.linalg.band_part(x, -1, 0),
+                tf.linalg.band_part(x, 1, 2), tf.math.segment_sum(x, [0, 0, 1, 3]),
+                tf.math.segment_mean(x, [0, 0, 1, 3]), tf.math.segment_max(x, [0, 1, 1, 1]),
+                tf.math.unsorted_segment_max(x, [2, 0, 2, -1], 4), tf.math.unsorted_segment_prod(x, [1, 0, 1, 0], 3),
+                tf.linalg.diag_part(x[:, :4]), tf.linalg.diag(x[0]), tf.eye(3, 4), tf.math.atan2(x, x + 1.5),
+                tf.norm(x, axis=1, keepdims=True), tf.searchsorted(tf.sort(x), x[:, :2]),
+                tf.searchsorted(tf.sort(x), x[:, :2], side="right"),
+                tf.math.in_top_k(tf.constant([1, 3, 5, 0]), x, 2)]
+
+    assert_same(f, X[:, :, 0])

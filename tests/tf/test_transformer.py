@@ -41,8 +41,9 @@ def assert_inference_matches(tf_model, oc_model, x, y):
 
 
 def test_transformer_adamw_trains_like_tensorflow():
+    """170 samples: the last batch of each epoch is short, so Keras traces a dynamic batch dimension."""
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((160, 12, 16)).astype(np.float32), rng.integers(0, 4, 160)
+    x, y = rng.standard_normal((170, 12, 16)).astype(np.float32), rng.integers(0, 4, 170)
     tf_losses, oc_losses, tf_model, oc_model, adapter = fit_both(encoder_classifier, x, y, epochs=2)
     assert_losses_match(tf_losses, oc_losses)
     assert_weights_match(tf_model, oc_model)

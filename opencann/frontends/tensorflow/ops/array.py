@@ -3,29 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.dtypes import np_dtype, onnx_code
-from opencann.frontends.tensorflow.importer import OPSETS, Context, tf_op
-from opencann.ops import registry
+from opencann.frontends.tensorflow.fold import fold
+from opencann.frontends.tensorflow.importer import Context, tf_op
 
 INT64 = 7
-
-
-FOLD_LIMIT = 1 << 16  # elements: a larger constant result stays a node
-
-
-def fold(ctx: Context, op_type: str, inputs: list, n_outputs: int = 1, domain: str = "", **attrs):
-    """``ctx.node(...)``, computed at import time when every input is a constant (shape arithmetic,
-    reduction axes, casts of constants): the graph then holds the result instead of the node."""
-    if inputs and all(v is not None and v.const is not None for v in inputs):
-        opset = OPSETS[domain]
-        d = registry.lookup(op_type, opset, domain)
-        kwargs = {**d.defaults_at(opset), **attrs, **({"n_outputs": n_outputs} if d.wants_n_outputs else {})}
-        result = d.reference(*(v.const for v in inputs), **kwargs)
-        results = result if isinstance(result, tuple) else (result,)
-        if all(np.size(r) <= FOLD_LIMIT for r in results):
-            consts = tuple(ctx.const(np.asarray(r)) for r in results)
-            return consts[0] if n_outputs == 1 else consts
-    return ctx.node(op_type, inputs, n_outputs=n_outputs, domain=domain, **attrs)
 
 
 def opencann_node(ctx: Context, op_type: str, inputs: list, n_outputs: int = 1, **attrs) -> list:
@@ -57,12 +40,17 @@ def shape_n(ctx: Context, op):
 
 @tf_op("Size")
 def size(ctx: Context, op):
-    return [fold(ctx, "Cast", [fold(ctx, "Size", [ctx.input(op, 0)])], to=onnx_code(op.get_attr("out_type")))]
+    t, out_type = op.inputs[0], op.get_attr("out_type")
+    if t.shape.is_fully_defined():
+        return [ctx.const(np.array(t.shape.num_elements(), np_dtype(out_type)))]
+    return [fold(ctx, "Cast", [fold(ctx, "Size", [ctx.input(op, 0)])], to=onnx_code(out_type))]
 
 
 @tf_op("Rank")
 def rank(ctx: Context, op):
-    return [ctx.const(np.int32(op.inputs[0].shape.rank))]
+    if op.inputs[0].shape.rank is not None:
+        return [ctx.const(np.int32(op.inputs[0].shape.rank))]
+    return [fold(ctx, "Cast", [fold(ctx, "Size", [fold(ctx, "Shape", [ctx.input(op, 0)])])], to=6)]
 
 
 @tf_op("Reshape")
@@ -126,7 +114,7 @@ def zeros_like(ctx: Context, op):
 
         return tensorlist.zeros_like(ctx, op)
     x = ctx.input(op, 0)
-    one = ctx.const(np.array(1 if op.type == "OnesLike" else 0, dtype=x.type.dtype if x.type else np.float32))
+    one = ctx.const(np.array(1 if op.type == "OnesLike" else 0, np_dtype(op.inputs[0].dtype)))
     return [fold(ctx, "Expand", [one, fold(ctx, "Shape", [x])])]
 
 
@@ -199,8 +187,8 @@ def slice_(ctx: Context, op):
 def pad(ctx: Context, op):
     """TensorFlow's [rank, 2] paddings become ONNX's begins-then-ends list."""
     x, paddings = ctx.input(op, 0), ctx.input(op, 1)
-    flat = fold(ctx, "Reshape", [fold(ctx, "Transpose", [int64(ctx, paddings)], perm=[1, 0]),
-                                ctx.const(np.array([-1], np.int64))])
+    begins_then_ends = fold(ctx, "Transpose", [int64(ctx, paddings)], perm=[1, 0])
+    flat = fold(ctx, "Reshape", [begins_then_ends, ctx.const(np.array([-1], np.int64))])
     value = [ctx.input(op, 2)] if op.type == "PadV2" else []
     return [fold(ctx, "Pad", [x, flat, *value])]
 
@@ -229,6 +217,8 @@ def one_hot(ctx: Context, op):
 @tf_op("GatherV2")
 def gather(ctx: Context, op):
     params, indices, axis = ctx.inputs(op)
+    if ctx.attr(op, "batch_dims", 0):
+        raise AclError(ErrorCode.FEATURE_UNSUPPORTED, f"GatherV2 '{op.name}': batch_dims is not supported")
     return [fold(ctx, "Gather", [params, indices], axis=int(axis.const))]
 
 
@@ -237,3 +227,24 @@ def strided_slice(ctx: Context, op):
     masks = {k: ctx.attr(op, k, 0) for k in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask",
                                              "shrink_axis_mask")}
     return [fold(ctx, op.type, ctx.inputs(op), domain="opencann", **masks)]
+
+
+@tf_op("DynamicStitch", "ParallelDynamicStitch")
+def dynamic_stitch(ctx: Context, op):
+    return opencann_node(ctx, "DynamicStitch", ctx.inputs(op))
+
+
+@tf_op("Roll", "MatrixBandPart", "MatrixDiagPartV3", "MatrixDiagV3", "MatrixSetDiagV3")
+def opencann_array(ctx: Context, op):
+    return opencann_node(ctx, op.type, ctx.inputs(op))
+
+
+@tf_op("MatrixDiag", "MatrixDiagPart")
+def matrix_diag_v1(ctx: Context, op):
+    """The main diagonal: the V3 kernels with k = 0, inferred sizes and zero padding."""
+    x = ctx.input(op, 0)
+    zero, k = ctx.const(np.zeros((), np_dtype(op.inputs[0].dtype))), ctx.const(np.array(0, np.int32))
+    if op.type == "MatrixDiagPart":
+        return opencann_node(ctx, "MatrixDiagPartV3", [x, k, zero])
+    auto = ctx.const(np.array(-1, np.int32))
+    return opencann_node(ctx, "MatrixDiagV3", [x, k, auto, auto, zero])

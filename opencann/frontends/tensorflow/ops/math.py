@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from opencann.frontends.tensorflow.dtypes import np_dtype, onnx_code
+from opencann.frontends.tensorflow.fold import fold
 from opencann.frontends.tensorflow.importer import Context, tf_op
-from opencann.frontends.tensorflow.ops.array import fold, opencann_node
+from opencann.frontends.tensorflow.ops.array import int64, opencann_node
 
 BINARY = {"AddV2": "Add", "Add": "Add", "Sub": "Sub", "Mul": "Mul", "RealDiv": "Div", "Maximum": "Max",
           "Minimum": "Min", "Pow": "Pow", "Equal": "Equal", "Less": "Less", "LessEqual": "LessOrEqual",
@@ -19,9 +20,9 @@ UNARY = {"Neg": "Neg", "Exp": "Exp", "Log": "Log", "Sqrt": "Sqrt", "Abs": "Abs",
          "Asinh": "Asinh", "Acosh": "Acosh", "Atanh": "Atanh", "IsInf": "IsInf", "Softsign": "Softsign"}
 # TensorFlow ops with an "opencann" kernel of the same name and operands (elementwise math and gradients)
 OPENCANN = ("Log1p", "Expm1", "Xlogy", "Xdivy", "MulNoNan", "TanhGrad", "SigmoidGrad", "SqrtGrad", "RsqrtGrad",
-            "ReciprocalGrad", "InvGrad")
+            "ReciprocalGrad", "InvGrad", "Atan2")
 REDUCE = {"Sum": "ReduceSum", "Mean": "ReduceMean", "Max": "ReduceMax", "Min": "ReduceMin", "Prod": "ReduceProd",
-          "All": "ReduceMin", "Any": "ReduceMax"}
+          "All": "ReduceMin", "Any": "ReduceMax", "EuclideanNorm": "ReduceL2"}
 
 
 @tf_op(*BINARY)
@@ -80,6 +81,31 @@ def arg_max(ctx: Context, op):
     return [fold(ctx, "Cast", [index], to=onnx_code(op.get_attr("output_type")))]
 
 
+@tf_op("TopKV2")
+def top_k(ctx: Context, op):
+    """The k largest along the last axis, sorted, ties in index order (ONNX TopK's rule too)."""
+    x, k = ctx.inputs(op)
+    k64 = fold(ctx, "Reshape", [int64(ctx, k), ctx.const(np.array([1], np.int64))])
+    values, indices = fold(ctx, "TopK", [x, k64], n_outputs=2, axis=-1, largest=1, sorted=1)
+    return [values, fold(ctx, "Cast", [indices], to=onnx_code(ctx.attr(op, "index_type") or op.outputs[1].dtype))]
+
+
+SEGMENT = {"SegmentSum": "sum", "SegmentMean": "mean", "SegmentMax": "max", "SegmentMin": "min",
+           "SegmentProd": "prod", "UnsortedSegmentMax": "max", "UnsortedSegmentMin": "min",
+           "UnsortedSegmentProd": "prod"}
+
+
+@tf_op(*SEGMENT)
+def segment_reduce(ctx: Context, op):
+    return opencann_node(ctx, "SegmentReduce", ctx.inputs(op), reduction=SEGMENT[op.type])
+
+
+@tf_op("LowerBound", "UpperBound")
+def search_sorted(ctx: Context, op):
+    return opencann_node(ctx, "SearchSorted", ctx.inputs(op), side="left" if op.type == "LowerBound" else "right",
+                         out_type=onnx_code(op.get_attr("out_type")))
+
+
 @tf_op("Cumsum", "Cumprod")
 def cumsum(ctx: Context, op):
     flags = {"exclusive": int(ctx.attr(op, "exclusive", False)), "reverse": int(ctx.attr(op, "reverse", False))}
@@ -90,7 +116,7 @@ def cumsum(ctx: Context, op):
 
 @tf_op("Einsum")
 def einsum(ctx: Context, op):
-    return [fold(ctx, "Einsum", ctx.inputs(op), domain="opencann", equation=ctx.attr(op, "equation"))]
+    return [fold(ctx, "Einsum", ctx.inputs(op), equation=ctx.attr(op, "equation"))]
 
 
 @tf_op("BroadcastGradientArgs")
@@ -152,8 +178,8 @@ def reduce(ctx: Context, op):
     axes64 = fold(ctx, "Reshape", [fold(ctx, "Cast", [axes], to=7), ctx.const(np.array([-1], np.int64))])
     if op.type in ("All", "Any"):
         as_int = fold(ctx, "Cast", [x], to=6)
-        return [fold(ctx, "Cast", [fold(ctx, REDUCE[op.type], [as_int, axes64], keepdims=keep,
-                                           noop_with_empty_axes=1)], to=9)]
+        reduced = fold(ctx, REDUCE[op.type], [as_int, axes64], keepdims=keep, noop_with_empty_axes=1)
+        return [fold(ctx, "Cast", [reduced], to=9)]
     return [fold(ctx, REDUCE[op.type], [x, axes64], keepdims=keep, noop_with_empty_axes=1)]
 
 
@@ -173,5 +199,5 @@ def _swap(ctx: Context, v, op, i: int):
     if rank is None and v.type is not None:
         rank = v.type.rank
     if rank is None:
-        return fold(ctx, "Einsum", [v], domain="opencann", equation="...ij->...ji")
+        return fold(ctx, "Einsum", [v], equation="...ij->...ji")
     return fold(ctx, "Transpose", [v], perm=list(range(rank - 2)) + [rank - 1, rank - 2])

@@ -63,3 +63,9 @@ def l2_loss(ctx: Context, op):
     x = ctx.input(op, 0)
     half = ctx.const(np.array(0.5, np_dtype(op.inputs[0].dtype)))
     return [ctx.node("Mul", [ctx.node("ReduceSumSquare", [x], keepdims=0), half])]
+
+
+@tf_op("InTopKV2", "InTopK")
+def in_top_k(ctx: Context, op):
+    k = ctx.input(op, 2) if op.type == "InTopKV2" else ctx.const(np.array(ctx.attr(op, "k"), np.int64))
+    return [ctx.node("InTopK", [ctx.input(op, 0), ctx.input(op, 1), k], domain="opencann")]
