@@ -61,3 +61,29 @@ def test_unsupported_ops_are_listed_with_call_sites():
         raise AssertionError("expected an AclError")
     assert "Lgamma" in message and "Digamma" in message and "test_adapter.py" in message
     assert "opencann migrate" in message
+
+
+def test_weights_trained_on_opencann_save_reload_and_keep_training(tmp_path):
+    x, y = data()
+    keras.utils.set_random_seed(0)
+    model = mlp()
+    adapter = oc.enable()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    predicted = model.predict(x, verbose=0)
+    assert adapter.executions > 0
+    oc.disable()
+    path = str(tmp_path / "mlp.weights.h5")
+    model.save_weights(path)
+    checkpoint = tf.train.Checkpoint(model=model)
+    saved = checkpoint.save(str(tmp_path / "ckpt"))
+    fresh = mlp()
+    fresh.load_weights(path)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), predicted, rtol=1e-5, atol=1e-6)
+    restored = mlp()
+    tf.train.Checkpoint(model=restored).restore(saved).expect_partial()
+    np.testing.assert_allclose(restored.predict(x, verbose=0), predicted, rtol=1e-5, atol=1e-6)
+    history = model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # plain TF continues from those weights
+    assert np.isfinite(history.history["loss"][0])
+    oc.enable()
+    again = model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # and opencann continues after TF
+    assert again.history["loss"][0] < history.history["loss"][0] * 1.5
