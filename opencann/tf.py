@@ -34,6 +34,7 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
     global _adapter, _tf_call_flat
     from tensorflow.python.eager import context
     from tensorflow.python.eager.polymorphic_function import concrete_function
+    from tensorflow.python.ops import gradients_util
 
     import opencann.frontends.tensorflow.ops  # noqa: F401  (registers the converters)
 
@@ -51,8 +52,13 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
     def _call_flat(self, tensor_inputs, captured_inputs):
         if not context.executing_eagerly() or _adapter is None:  # tracing an enclosing function
             return original(self, tensor_inputs, captured_inputs)
+        args = list(tensor_inputs) + list(captured_inputs)
+        if gradients_util.PossibleTapeGradientTypes(args) != gradients_util.POSSIBLE_GRADIENT_TYPES_NONE:
+            raise AclError(ErrorCode.FEATURE_UNSUPPORTED, f"a GradientTape outside tf.function '{self.name}' is "
+                           "watching its inputs: opencann cannot differentiate through a compiled call. Open the "
+                           "tape inside the tf.function (compute loss and gradients in one traced step)")
         program = adapter.program(self)
-        flat = run_program(program, list(tensor_inputs) + list(captured_inputs))
+        flat = run_program(program, args)
         adapter.executions += 1
         return self.function_type.pack_output(flat)
 

@@ -87,3 +87,29 @@ def test_weights_trained_on_opencann_save_reload_and_keep_training(tmp_path):
     oc.enable()
     again = model.fit(x, y, epochs=1, batch_size=32, verbose=0)  # and opencann continues after TF
     assert again.history["loss"][0] < history.history["loss"][0] * 1.5
+
+
+def test_tape_outside_the_function_is_refused_not_silently_wrong():
+    w = tf.Variable(np.full(3, 2.0, np.float32))
+
+    @tf.function
+    def loss(x):
+        return tf.reduce_sum(w * x)
+
+    oc.enable()
+    with tf.GradientTape() as tape:
+        try:
+            loss(tf.constant([1.0, 2.0, 3.0]))
+        except oc.AclError as exc:
+            assert "GradientTape" in str(exc)
+        else:
+            raise AssertionError("expected an AclError")
+
+    @tf.function
+    def step(x):  # the supported form: the tape inside the traced step
+        with tf.GradientTape() as inner:
+            value = tf.reduce_sum(w * x)
+        return inner.gradient(value, w)
+
+    np.testing.assert_allclose(step(tf.constant([1.0, 2.0, 3.0])).numpy(), [1, 2, 3])
+    del tape
