@@ -21,6 +21,7 @@ from opencann.errors import AclError, ErrorCode
 
 MIN_OPSET, MAX_OPSET = 1, onnx.defs.onnx_opset_version()
 MAX_DOMAIN_OPSET = 2**31 - 1  # ONNX's schema lookup takes a C int
+MAX_SHAPE_VECTOR = 1 << 16  # longest 1-D tensor ONNX's data propagation is run on
 
 
 def load_model(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -83,13 +84,41 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shape
         except Exception as exc:
             raise AclError(ErrorCode.PARSE_MODEL, f"cannot inline model functions: {exc}") from None
     if infer_shapes:
-        try:
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        except Exception:  # inference is a help, not a requirement: types fall back to what the file says
-            pass
+        model = _infer_shapes(model)
     graph = _convert_graph(model.graph, opsets)
     graph.validate()
     return graph
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX's shape inference, with data propagation (shapes computed from Shape ops) where that is safe.
+
+    Inference is a help, not a requirement: where it fails, types fall back to what the file says. Data
+    propagation costs ONNX time and memory linear in the length of a 1-D float tensor (a declared length
+    of 2**40 runs out of memory), so a model with a 1-D tensor longer than any shape vector goes without.
+    """
+    try:
+        plain = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return model
+    if _has_long_vector(plain.graph):
+        return plain
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        return plain
+
+
+def _has_long_vector(gp: onnx.GraphProto) -> bool:
+    """Whether ``gp`` (or a subgraph) has a 1-D tensor longer than MAX_SHAPE_VECTOR, declared or inferred."""
+    for vi in (*gp.input, *gp.output, *gp.value_info):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == 1 and dims[0].dim_value > MAX_SHAPE_VECTOR:
+            return True
+    if any(len(t.dims) == 1 and t.dims[0] > MAX_SHAPE_VECTOR for t in gp.initializer):
+        return True
+    return any(_has_long_vector(g) for n in gp.node for a in n.attribute
+               for g in ([a.g] if a.type == AttributeProto.GRAPH else a.graphs))
 
 
 def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str, Value] | None = None) -> Graph:
