@@ -31,9 +31,24 @@ def export_graph(graph: Graph) -> onnx.GraphProto:
 
 
 def node_proto(n: Node) -> onnx.NodeProto:
-    return helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
-                            [v.name for v in n.outputs], name=n.name, domain=n.domain,
-                            **{k: _attr(v) for k, v in n.attrs.items()})
+    proto = helper.make_node(n.op, [v.name if v is not None else "" for v in n.inputs],
+                             [v.name for v in n.outputs], name=n.name, domain=n.domain,
+                             **{k: _attr(v) for k, v in n.attrs.items() if not _is_empty_list(v)})
+    proto.attribute.extend(_empty_list(n, k) for k, v in n.attrs.items() if _is_empty_list(v))
+    return proto
+
+
+def _is_empty_list(v: Any) -> bool:
+    return isinstance(v, list) and not v
+
+
+def _empty_list(n: Node, key: str) -> onnx.AttributeProto:
+    """An empty list attribute, typed from the operator's schema (INTS when it has none)."""
+    from opencann.ops.registry import onnx_schema
+
+    schema = onnx_schema(n.op, 10**6, n.domain)
+    kind = schema.attributes[key].type if schema is not None and key in schema.attributes else None
+    return onnx.AttributeProto(name=key, type=kind or onnx.AttributeProto.INTS)
 
 
 def tensor_proto(arr: np.ndarray, name: str = "") -> onnx.TensorProto:
