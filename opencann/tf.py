@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from opencann.compiler.pipeline import BuildOptions
 from opencann.errors import AclError, ErrorCode
-
-__all__ = ["AclError", "Session", "adapter", "disable", "enable", "is_enabled"]
 from opencann.frontends.tensorflow.adapter import Adapter, run_program
+from opencann.frontends.tensorflow.monitored import MonitoredSession, MonitoredTrainingSession, SingularMonitoredSession
 from opencann.frontends.tensorflow.tf1 import Session  # TF1 graphs: drop-in for tf.compat.v1.Session
+
+__all__ = ["AclError", "MonitoredSession", "MonitoredTrainingSession", "Session", "SingularMonitoredSession",
+           "adapter", "disable", "enable", "is_enabled"]
 
 _adapter: Adapter | None = None
 _tf_call_flat = None  # TensorFlow's own ConcreteFunction._call_flat, while the adapter replaces it

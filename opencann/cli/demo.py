@@ -81,6 +81,7 @@ def run_demo(args) -> int:
     print(f"\n   {len(images)} images, latency per image: median {statistics.median(times):.2f} ms, "
           f"min {min(times):.2f} ms" + (f"; top-1 matches the file name for {correct}/{len(images)}"
                                           if not args.images else ""))
-    print("\nNext stages: `opencann migrate` will rewrite TensorFlow training scripts for opencann and the "
-          "TensorFlow adapter will train them on these kernels (issues 4 and 5).")
+    print("\nNext: `opencann migrate -i train.py -o out/` rewrites a TensorFlow training script for opencann "
+          "(with a report of what needs manual work), and `import opencann.tf as oc; oc.enable()` trains it on "
+          "these kernels.")
     return 0

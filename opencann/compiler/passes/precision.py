@@ -3,8 +3,9 @@
 * ``force_fp32`` / ``must_keep_origin_dtype``: the graph is left as it is (the CPU default).
 * ``force_fp16`` / ``allow_fp32_to_fp16``: every float32 weight and activation becomes float16; casts at
   the graph's inputs and outputs keep its interface float32.
-* ``allow_mix_precision`` (``_fp16``/``_bf16``): like the above, but numerically sensitive operators
-  (softmax, normalisations, reductions, exp/log/pow) still compute in float32 between casts.
+* ``allow_mix_precision`` (``_fp16``/``_bf16``): only the matrix engines' operators (MatMul, Gemm,
+  convolutions, Einsum) compute in the low precision, between casts; everything else — softmax,
+  normalisations, reductions, and in training graphs the variables and optimizer updates — stays float32.
 * ``allow_fp32_to_bf16`` / ``allow_mix_precision_bf16``: the same with bfloat16.
 """
 from __future__ import annotations
@@ -26,13 +27,7 @@ MODES = {
     "allow_mix_precision": (np.float16, True), "allow_mix_precision_fp16": (np.float16, True),
     "allow_fp32_to_bf16": (ml_dtypes.bfloat16, False), "allow_mix_precision_bf16": (ml_dtypes.bfloat16, True),
 }
-KEEP_FP32 = frozenset({
-    "Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
-    "GroupNormalization", "RMSNormalization", "LpNormalization", "MeanVarianceNormalization", "LRN",
-    "ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
-    "ReduceProd", "CumSum", "Exp", "Log", "Pow", "Erf", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss",
-    "If", "Loop", "Scan", "LSTM", "GRU", "RNN",
-})
+MATRIX_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum"})
 
 
 def convert_precision(graph: Graph, mode: str) -> Graph:
@@ -44,6 +39,12 @@ def convert_precision(graph: Graph, mode: str) -> Graph:
     low, mixed = MODES[mode]
     low = np.dtype(low)
     names = (f"precision_cast_{i}" for i in itertools.count())
+    if mixed:
+        nodes = []
+        for node in graph.nodes:
+            nodes.extend(_in_low_precision(node, low, names) if node.op in MATRIX_OPS and not node.domain else [node])
+        graph.nodes = nodes
+        return graph
     for v in graph.initializers:
         if v.const.dtype == F32:
             v.const, v.type = v.const.astype(low), TensorType(low, v.const.shape)
@@ -55,10 +56,7 @@ def convert_precision(graph: Graph, mode: str) -> Graph:
             _rename_uses(graph, x, low_x)
     for node in graph.nodes:
         _lower_attrs(node, low)
-        if mixed and node.op in KEEP_FP32:
-            nodes.extend(_around_fp32(node, low, names))
-        else:
-            nodes.append(node)
+        nodes.append(node)
     for i, y in enumerate(graph.outputs):
         if _is_f32(y):
             out = Value(y.name, y.type)
@@ -101,20 +99,21 @@ def _lower_attrs(node: Node, low: np.dtype) -> None:
         node.attrs["to"] = dtypes.to_onnx(low)
 
 
-def _around_fp32(node: Node, low: np.dtype, names) -> list[Node]:
-    """Casts that let ``node`` compute in float32 inside a lowered graph."""
-    before, after = [], []
+def _in_low_precision(node: Node, low: np.dtype, names) -> list[Node]:
+    """Casts that let a float32 matrix operator compute in ``low`` and hand float32 results on."""
+    if not all(v is None or _is_f32(v) for v in node.inputs) or not all(_is_f32(v) for v in node.outputs):
+        return [node]
+    before = []
     for i, v in enumerate(node.inputs):
-        if v is not None and isinstance(v.type, TensorType) and v.type.dtype in (F32, low):
-            wide = Value(next(names))
-            before.append(_cast(v, wide, F32, next(names)))
-            node.inputs[i] = wide
+        if v is not None:
+            narrow = Value(next(names))
+            before.append(_cast(v, narrow, low, next(names)))
+            node.inputs[i] = narrow
+    after = []
     for i, v in enumerate(node.outputs):
-        if v.name and _is_f32(v):
-            wide = Value(next(names), TensorType(F32, None))
-            after.append(_cast(wide, Value(v.name), low, next(names)))
-            after[-1].outputs[0] = v
-            v.producer = after[-1]
-            node.outputs[i] = wide
-            wide.producer = node
+        narrow = Value(next(names), TensorType(low, v.type.shape))
+        cast = _cast(narrow, v, F32, next(names))
+        node.outputs[i] = narrow
+        narrow.producer = node
+        after.append(cast)
     return [*before, node, *after]
