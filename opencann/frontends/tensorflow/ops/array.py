@@ -84,22 +84,14 @@ def transpose(ctx: Context, op):
     return [fold(ctx, "TransposeDynamic", ctx.inputs(op), domain="opencann")]
 
 
-@tf_op("Fill")
-def fill(ctx: Context, op):
-    dims, value = ctx.inputs(op)
-    return [fold(ctx, "Expand", [value, int64(ctx, dims)])]
+SHAPED = {"Fill": ("Expand", 1, 0), "BroadcastTo": ("Expand", 0, 1), "Tile": ("Tile", 0, 1)}
 
 
-@tf_op("BroadcastTo")
-def broadcast_to(ctx: Context, op):
-    x, dims = ctx.inputs(op)
-    return [fold(ctx, "Expand", [x, int64(ctx, dims)])]
-
-
-@tf_op("Tile")
-def tile(ctx: Context, op):
-    x, reps = ctx.inputs(op)
-    return [fold(ctx, "Tile", [x, int64(ctx, reps)])]
+@tf_op(*SHAPED)
+def shaped(ctx: Context, op):
+    """Ops taking a tensor and a shape-like int vector (dims or multiples), in TF's argument order."""
+    onnx_op, tensor, shape = SHAPED[op.type]
+    return [fold(ctx, onnx_op, [ctx.input(op, tensor), int64(ctx, ctx.input(op, shape))])]
 
 
 @tf_op("Range")
