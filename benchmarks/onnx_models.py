@@ -23,6 +23,7 @@ import onnxruntime as ort  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 
+from opencann.compiler.pipeline import compile_graph  # noqa: E402
 from opencann.frontends.onnx import import_onnx  # noqa: E402
 from opencann.runtime import Executor  # noqa: E402
 from tests.models import MODELS, build  # noqa: E402
@@ -64,12 +65,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model, x = build(name, 1, args.size)
-        ex = Executor(import_onnx(model))
+        ex = Executor(compile_graph(import_onnx(model)).graph)  # what `opencann atc` builds
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
         sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x}
-        t = measure({"opencann": lambda: ex.run([x]), "ort": lambda: sess.run(None, feed)}, args.budget)
+        t = measure({"opencann": lambda ex=ex, x=x: ex.run([x]),
+                     "ort": lambda sess=sess, feed=feed: sess.run(None, feed)}, args.budget)
         med = {k: statistics.median(v) for k, v in t.items()}
         print(f"| {name} | {med['opencann']:.3f} | {min(t['opencann']):.3f} | {med['ort']:.3f} | "
               f"{min(t['ort']):.3f} | {med['opencann'] / med['ort']:.2f} |", flush=True)

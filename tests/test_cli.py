@@ -143,9 +143,11 @@ def test_atc_dump_passes(onnx_path, tmp_path):
     passes = tmp_path / "passes"
     assert main(["atc", "--model", onnx_path, "--output", str(tmp_path / "m"), "--input_shape", "x:2,4",
                  "--dump-passes", str(passes)]) == 0
+    from opencann.compiler.pipeline import PIPELINE
+
     names = sorted(os.listdir(passes))
-    assert names == ["01_apply_input_shapes.txt", "02_select_outputs.txt", "03_eliminate_dead_code.txt",
-                     "04_infer_shapes.txt", "05_convert_precision.txt"]
+    assert names == [f"{i:02d}_{name}.txt" for i, (name, _) in enumerate(PIPELINE, 1)]
+    assert "03_fold_batchnorm.txt" in names
     assert "Relu" in (passes / names[-1]).read_text()
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from opencann.compiler.pipeline import compile_graph
 from opencann.frontends.onnx import import_onnx
 from opencann.runtime import Executor
 from tests.models import MODELS, build
@@ -26,6 +27,16 @@ def test_model_matches_onnxruntime(name, batch):
     model, x = build(name, batch)
     ex = Executor(import_onnx(model))
     assert_close(ex.run([x])[0], ort_run(model, x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_compiled_model_matches_onnxruntime(name):
+    """The atc pipeline's passes (BatchNorm folding, dead code, shape inference) keep the numerics."""
+    model, x = build(name, 2)
+    compiled = compile_graph(import_onnx(model))
+    if name in ("resnet", "mobilenet"):
+        assert not any(n.op == "BatchNormalization" for n in compiled.graph.nodes)
+    assert_close(Executor(compiled.graph).run([x])[0], ort_run(model, x))
 
 
 def test_executor_releases_dead_values_and_counts_runs():

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from opencann.compiler.ir import Graph, TensorType, Value
 from opencann.compiler.om import CompiledModel
 from opencann.compiler.passes.dead_code import eliminate_dead_code
+from opencann.compiler.passes.fold_batchnorm import fold_batchnorm
 from opencann.compiler.passes.precision import MODES, convert_precision
 from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.errors import AclError, ErrorCode
@@ -85,6 +86,7 @@ def select_outputs(graph: Graph, options: BuildOptions) -> Graph:
 PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("apply_input_shapes", apply_input_shapes),
     ("select_outputs", select_outputs),
+    ("fold_batchnorm", lambda g, o: fold_batchnorm(g)),
     ("eliminate_dead_code", lambda g, o: eliminate_dead_code(g)),
     ("infer_shapes", lambda g, o: infer_shapes(g)),
     ("convert_precision", lambda g, o: convert_precision(g, o.precision_mode)),
