@@ -1427,6 +1427,33 @@ def _migrated(names: tuple[str, ...], note: str, tf1_spelling: bool = False) -> 
 
 
 # qualname or family prefix -> (category, note, suggestion)
+_CONTRIB = {  # tf.contrib module ("" = the package): (note after "... was removed in TF 2.0", suggestion)
+    "": ("", "Use the TF 2 core API, Keras, or the community successor of the contrib module"),
+    "layers": ("", "Use keras.layers"),
+    "slim": ("", "Use keras.layers/keras.Model (or the tf_slim package under TF 1.x semantics)"),
+    "rnn": ("", "Use keras.layers.LSTM/GRU/SimpleRNN/RNN"),
+    "learn": ("", "Use Keras Model.fit"),
+    "data": ("", "Use tf.data"),
+    "opt": ("", "Use keras.optimizers"),
+    "summary": ("", "Use tf.summary"),
+    "metrics": ("", "Use keras.metrics"),
+    "losses": ("", "Use keras.losses"),
+    "framework": ("", "Use the core tf.* equivalents (e.g. tf.sort, tf.nest)"),
+    "distribute": ("", "Use tf.distribute (itself a manual migration on opencann)"),
+    "mixed_precision": ("", "Use keras.mixed_precision (migrated to an opencann precision mode)"),
+    "seq2seq": ("", "Use Keras layers (keras_nlp / keras_hub for seq2seq building blocks)"),
+    "cudnn_rnn": ("", "Use keras.layers.LSTM/GRU"),
+    "tpu": ("", "Remove the TPU set-up"),
+    "eager": (" (eager is the default)", "Use tf.* directly"),
+    "keras": ("", "Use keras"),
+    "image": ("", "Use tf.image or keras.layers preprocessing layers"),
+    "training": ("", "Use tf.data and Keras training"),
+    "quantize": ("", "Use the TensorFlow Model Optimization toolkit"),
+    "lookup": ("", "Use tf.lookup"),
+    "crf": ("", "Use keras_nlp/tensorflow_addons"),
+}
+
+
 TABLE: dict[str, tuple[str, str, str]] = {
     # --- migrated: the rewriter changes these (rule ids: opencann/migrate/rules.py, docs/migration.md)
     **_migrated((V1 + "Session", V1 + "InteractiveSession"), _SESSION, tf1_spelling=True),
@@ -1508,41 +1535,6 @@ TABLE: dict[str, tuple[str, str, str]] = {
     "tensorflow.compat.v1.RunMetadata": ("harmless", "oc.Session.run accepts and ignores run_metadata", ""),
     "keras.utils.plot_model": ("harmless", "draws the model on the host", ""),
     # --- removed or deprecated in TF 2.x / Keras 3
-    "tensorflow.contrib": ("removed", "tf.contrib was removed in TF 2.0",
-                           "Use the TF 2 core API, Keras, or the community successor of the contrib module"),
-    "tensorflow.contrib.layers": ("removed", "tf.contrib.layers was removed in TF 2.0", "Use keras.layers"),
-    "tensorflow.contrib.slim": ("removed", "tf.contrib.slim was removed in TF 2.0",
-                                "Use keras.layers/keras.Model (or the tf_slim package under TF 1.x semantics)"),
-    "tensorflow.contrib.rnn": ("removed", "tf.contrib.rnn was removed in TF 2.0",
-                               "Use keras.layers.LSTM/GRU/SimpleRNN/RNN"),
-    "tensorflow.contrib.learn": ("removed", "tf.contrib.learn was removed in TF 2.0", "Use Keras Model.fit"),
-    "tensorflow.contrib.data": ("removed", "tf.contrib.data was removed in TF 2.0", "Use tf.data"),
-    "tensorflow.contrib.opt": ("removed", "tf.contrib.opt was removed in TF 2.0", "Use keras.optimizers"),
-    "tensorflow.contrib.summary": ("removed", "tf.contrib.summary was removed in TF 2.0", "Use tf.summary"),
-    "tensorflow.contrib.metrics": ("removed", "tf.contrib.metrics was removed in TF 2.0", "Use keras.metrics"),
-    "tensorflow.contrib.losses": ("removed", "tf.contrib.losses was removed in TF 2.0", "Use keras.losses"),
-    "tensorflow.contrib.framework": ("removed", "tf.contrib.framework was removed in TF 2.0",
-                                     "Use the core tf.* equivalents (e.g. tf.sort, tf.nest)"),
-    "tensorflow.contrib.distribute": ("removed", "tf.contrib.distribute was removed in TF 2.0",
-                                      "Use tf.distribute (itself a manual migration on opencann)"),
-    "tensorflow.contrib.mixed_precision": ("removed", "tf.contrib.mixed_precision was removed in TF 2.0",
-                                           "Use keras.mixed_precision (migrated to an opencann precision mode)"),
-    "tensorflow.contrib.seq2seq": ("removed", "tf.contrib.seq2seq was removed in TF 2.0",
-                                   "Use Keras layers (keras_nlp / keras_hub for seq2seq building blocks)"),
-    "tensorflow.contrib.cudnn_rnn": ("removed", "tf.contrib.cudnn_rnn was removed in TF 2.0",
-                                     "Use keras.layers.LSTM/GRU"),
-    "tensorflow.contrib.tpu": ("removed", "tf.contrib.tpu was removed in TF 2.0", "Remove the TPU set-up"),
-    "tensorflow.contrib.eager": ("removed", "tf.contrib.eager was removed in TF 2.0 (eager is the default)",
-                                 "Use tf.* directly"),
-    "tensorflow.contrib.keras": ("removed", "tf.contrib.keras was removed in TF 2.0", "Use keras"),
-    "tensorflow.contrib.image": ("removed", "tf.contrib.image was removed in TF 2.0",
-                                 "Use tf.image or keras.layers preprocessing layers"),
-    "tensorflow.contrib.training": ("removed", "tf.contrib.training was removed in TF 2.0",
-                                    "Use tf.data and Keras training"),
-    "tensorflow.contrib.quantize": ("removed", "tf.contrib.quantize was removed in TF 2.0",
-                                    "Use the TensorFlow Model Optimization toolkit"),
-    "tensorflow.contrib.lookup": ("removed", "tf.contrib.lookup was removed in TF 2.0", "Use tf.lookup"),
-    "tensorflow.contrib.crf": ("removed", "tf.contrib.crf was removed in TF 2.0", "Use keras_nlp/tensorflow_addons"),
     "tensorflow.estimator": ("removed", "tf.estimator was removed in TF 2.16", _ESTIMATOR),
     "tensorflow.compat.v1.estimator": ("removed", "tf.compat.v1.estimator was removed in TF 2.16", _ESTIMATOR),
     "tensorflow_estimator": ("removed", "the tensorflow_estimator package is discontinued (TF 2.16)", _ESTIMATOR),
@@ -1604,6 +1596,10 @@ TABLE: dict[str, tuple[str, str, str]] = {
     "tensorflow.compat.v1.to_int32": ("removed", "deprecated", "Use tf.cast(x, tf.int32)"),
     "tensorflow.compat.v1.to_int64": ("removed", "deprecated", "Use tf.cast(x, tf.int64)"),
 }
+TABLE.update({
+    "tensorflow.contrib" + (f".{mod}" if mod else ""): (
+        "removed", f"tf.contrib{'.' + mod if mod else ''} was removed in TF 2.0{extra}", suggestion)
+    for mod, (extra, suggestion) in _CONTRIB.items()})
 
 _HOROVOD = {  # name: (what it does, what to write for one opencann device)
     "init": ("starts Horovod's communication ring", "Remove the call"),
