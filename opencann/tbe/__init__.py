@@ -1,2 +1,46 @@
-"""Seed layer 3, TBE: the custom-operator DSL that generates fused kernels (Numba on the CPU, CUDA C
-through NVRTC on NVIDIA GPUs). Not built yet (issue 6)."""
+"""TBE: the custom-operator DSL that generates fused kernels (Numba on the CPU, CUDA C through NVRTC on NVIDIA
+GPUs). ``docs/tbe.md`` describes the primitives, code generation and the kernel cache."""
+from opencann.tbe.build import Kernel, build, cache_dir, cuda_source
+from opencann.tbe.custom import register_op as register_op  # custom operators (custom.py)
+from opencann.tbe.dsl import (
+    Tensor,
+    broadcast,
+    cast_to,
+    const,
+    placeholder,
+    reduce_max,
+    reduce_mean,
+    reduce_min,
+    reduce_prod,
+    reduce_sum,
+    vabs,
+    vadd,
+    vadds,
+    vcmp,
+    vdiv,
+    vdivs,
+    verf,
+    vexp,
+    vlog,
+    vmax,
+    vmaxs,
+    vmin,
+    vmins,
+    vmul,
+    vmuls,
+    vneg,
+    vpow,
+    vrec,
+    vrelu,
+    vrsqrt,
+    vsel,
+    vsigmoid,
+    vsqrt,
+    vsub,
+    vtanh,
+)
+
+__all__ = ["Kernel", "Tensor", "broadcast", "build", "cache_dir", "cast_to", "const", "cuda_source", "placeholder",
+           "reduce_max", "reduce_mean", "reduce_min", "reduce_prod", "reduce_sum", "register_op", "vabs", "vadd",
+           "vadds", "vcmp", "vdiv", "vdivs", "verf", "vexp", "vlog", "vmax", "vmaxs", "vmin", "vmins", "vmul", "vmuls",
+           "vneg", "vpow", "vrec", "vrelu", "vrsqrt", "vsel", "vsigmoid", "vsqrt", "vsub", "vtanh"]

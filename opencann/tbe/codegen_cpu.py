@@ -1,0 +1,237 @@
+"""CPU code generator: a TBE plan becomes one Numba ``@njit`` function in a generated Python module.
+
+The kernel takes C-contiguous arrays (the wrapper in ``build.py`` guarantees it; rank-0 arrays arrive with
+shape ``(1,)`` and float16 arrives as float32, since Numba has no float16 on the CPU). Map stages over
+operands of one shape use a flat loop; others use nested loops over the output shape with NumPy's
+broadcasting folded into the index expressions. Reductions are loops with an accumulator (a scalar per
+output, or an array filled in memory order when the innermost axis is kept). float32 exp, tanh and erf
+use the vectorizable ``HELPERS`` below.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opencann.tbe.dsl import FLOATS, Tensor
+from opencann.tbe.schedule import BodyEmitter, Plan, Stage, describe, is_flat
+
+CTYPE = {"float16": "np.float32", "float32": "np.float32", "float64": "np.float64", "int8": "np.int8",
+         "uint8": "np.uint8", "int32": "np.int32", "int64": "np.int64", "bool": "np.bool_"}
+EXPR = {"vadd": "{0} + {1}", "vsub": "{0} - {1}", "vmul": "{0} * {1}", "vdiv": "{0} / {1}",
+        "vmax": "np.maximum({0}, {1})", "vmin": "np.minimum({0}, {1})", "vabs": "np.abs({0})", "vneg": "-{0}",
+        "vrelu": "np.maximum({0}, {t}(0))", "vexp": "np.exp({0})", "vlog": "np.log({0})",
+        "vsqrt": "np.sqrt({0})", "vrsqrt": "{t}(1) / np.sqrt({0})", "vrec": "{t}(1) / {0}",
+        "vtanh": "np.tanh({0})", "vsigmoid": "{t}(1) / ({t}(1) + np.exp(-{0}))", "verf": "math.erf({0})",
+        "vpow": "np.power({0}, {1})", "vsel": "{1} if {0} else {2}"}
+SCALAR_OPS = {"vadds": "vadd", "vmuls": "vmul", "vmaxs": "vmax", "vmins": "vmin", "vdivs": "vdiv"}
+CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+# Helpers for float32 math (float16 runs in float32 too). libm's expf/tanhf/erf are scalar calls; these are
+# branch-free polynomial forms LLVM vectorizes: exp is Cephes' expf (within 1 ulp of the true value),
+# tanh and erf Eigen's rational approximations (within 6 and 8 ulp). Numba inlines them into the kernel.
+EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+          1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
+TANH_Q = (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)
+ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+         -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+         -1.42647390514189e-02)
+
+
+def _f32(c: float) -> str:
+    return f"np.float32({c!r})"
+
+
+def _horner(var: str, coefs: tuple) -> str:
+    text = _f32(coefs[0])
+    for c in coefs[1:]:
+        text = f"({text} * {var} + {_f32(c)})"
+    return text
+
+
+def _clamp(var: str, bound: float) -> str:
+    return f"np.minimum(np.maximum({var}, {_f32(-bound)}), {_f32(bound)})"
+
+
+HELPERS = {
+    "_exp_f32": f"""def _exp_f32(x):
+    c = np.minimum(np.maximum(x, np.float32(-104.0)), np.float32(89.0))
+    n = np.floor(c * {_f32(1.44269504088896341)} + np.float32(0.5))
+    r = c - n * {_f32(0.693359375)} - n * {_f32(-2.12194440e-4)}
+    y = {_horner("r", EXP_P)} * r * r + r + np.float32(1)
+    k = np.int32(n)
+    h = k >> 1  # 2**k as two factors, so that subnormal and overflowing results come out right
+    p1 = np.int32((h + 127) << 23).view(np.float32)
+    p2 = np.int32((k - h + 127) << 23).view(np.float32)
+    return x if x != x else np.float32(y * p1 * p2)""",
+    "_tanh_f32": f"""def _tanh_f32(x):
+    c = {_clamp("x", 7.90531110763549805)}
+    c2 = c * c
+    return x if np.abs(x) < np.float32(4e-4) else np.float32(c * {_horner("c2", TANH_P)} / {_horner("c2", TANH_Q)})""",
+    "_erf_f32": f"""def _erf_f32(x):
+    c = {_clamp("x", 4.0)}
+    c2 = c * c
+    return {_clamp(f"np.float32(c * {_horner('c2', ERF_P)} / {_horner('c2', ERF_Q)})", 1.0)}""",
+    "_round_f16": """def _round_f16(v):
+    # the float16 value nearest to float32 v (ties to even), as a float32
+    a = abs(np.float64(v))
+    if a != a or a >= 65520.0:
+        return np.float32(v * np.float32(np.inf)) if a == a else np.float32(v)
+    e = math.frexp(a)[1] if a >= 2.0 ** -14 else -13
+    s = 2.0 ** (e - 11 + 52)
+    r = (a + s) - s
+    return np.float32(r if v >= 0 else -r)""",
+}
+F32_MATH = {"vexp": "_exp_f32({0})", "vtanh": "_tanh_f32({0})", "verf": "_erf_f32({0})",
+            "vsigmoid": "np.float32(1) / (np.float32(1) + _exp_f32(-{0}))"}
+
+
+def literal(value, dtype: str) -> str:
+    """Python source for a constant of ``dtype`` (only numbers we formatted ourselves)."""
+    if dtype == "bool":
+        return "True" if value else "False"
+    if dtype in FLOATS and not np.isfinite(value):
+        return f"{CTYPE[dtype]}({'np.nan' if np.isnan(value) else 'np.inf' if value > 0 else '-np.inf'})"
+    return f"{CTYPE[dtype]}({value!r})"
+
+
+@dataclass
+class Uses:
+    """What the kernel body needs declared around it: flat views of buffers and helper functions."""
+    flats: set = field(default_factory=set)
+    helpers: set = field(default_factory=set)
+
+
+class _Body(BodyEmitter):
+    """A Numba loop body."""
+
+    literal = staticmethod(literal)
+
+    def __init__(self, plan: Plan, flat: bool, uses: Uses):
+        super().__init__(plan, flat)
+        self.uses = uses
+
+    def load(self, buf: str, node: Tensor, idx: list) -> str:
+        if self.flat:
+            self.uses.flats.add(buf)
+            return f"{buf}_f[{idx[0]}]"
+        return f"{buf}[{', '.join(idx) if idx else '0'}]"
+
+    def _expr(self, node: Tensor, args: list) -> str:
+        t = CTYPE[node.dtype]
+        if node.op == "vcmp":
+            return f"{args[0]} {CMP[node.attrs['mode']]} {args[1]}"
+        if node.op == "cast_to":
+            if node.dtype == "bool":
+                return f"{args[0]} != 0"
+            return self._helper("_round_f16({0})", f"{t}({args[0]})") if node.dtype == "float16" else f"{t}({args[0]})"
+        if node.op in F32_MATH and t == "np.float32":
+            return self._helper(F32_MATH[node.op], *args)
+        text = EXPR[SCALAR_OPS.get(node.op, node.op)].format(*args, t=t)
+        return text if node.dtype == "bool" else f"{t}({text})"
+
+    def _helper(self, template: str, *args) -> str:
+        self.uses.helpers.update(re.findall(r"_\w+_f(?:32|16)", template))
+        return template.format(*args)
+
+    def _assign(self, node: Tensor, expr: str, comment: str) -> str:
+        name = f"v{len(self.lines)}"
+        self.lines.append(f"{name} = {expr}  # {comment}")
+        return name
+
+
+def _acc_type(dtype: str) -> str:
+    """Reductions accumulate in float64 for every float dtype."""
+    return "np.float64" if dtype in FLOATS else CTYPE[dtype]
+
+
+def _loops(dims: list, parallel: bool) -> list:
+    """Loop headers over (var, extent) pairs, the first one a prange when parallel."""
+    return [f"for {v} in {'prange' if parallel and k == 0 else 'range'}({n}):" for k, (v, n) in enumerate(dims)]
+
+
+def _nest(headers: list, body: list, indent: int) -> list:
+    out = [" " * (indent + 4 * k) + h for k, h in enumerate(headers)]
+    return out + [" " * (indent + 4 * len(headers)) + line for line in body]
+
+
+def _index_vars(shape: tuple) -> list:
+    """Loop variable per dimension; extent-1 dimensions get no loop, just index 0."""
+    return ["0" if d == 1 else f"i{k}" for k, d in enumerate(shape)]
+
+
+def _map_stage(plan: Plan, stage: Stage, uses: Uses) -> list:
+    flat = is_flat(plan, stage)
+    body = _Body(plan, flat, uses)
+    idx = ["i"] if flat else _index_vars(stage.shape)
+    stores = []
+    for node in stage.nodes:
+        v = body.value(node, idx)
+        stores += [f"{body.load(b, node, idx)} = {v}" for b in plan.buffers[id(node)] if b.startswith("out")]
+    dims = [("i", math.prod(stage.shape))] if flat else [(f"i{k}", d) for k, d in enumerate(stage.shape) if d != 1]
+    return _nest(_loops(dims, stage.parallel), body.lines + stores, 4)
+
+
+def _update(op: str, acc_t: str, acc: str, v: str) -> str:
+    if op in ("reduce_max", "reduce_min"):
+        cmp = ">" if op == "reduce_max" else "<"
+        return f"{acc} = {acc_t}({v}) if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
+    return f"{acc} = {acc_t}({acc} {'*' if op == 'reduce_prod' else '+'} {v})"
+
+
+def _identity(op: str, dtype: str) -> str:
+    if op not in ("reduce_max", "reduce_min"):
+        return "1" if op == "reduce_prod" else "0"
+    if dtype in FLOATS:
+        return "-np.inf" if op == "reduce_max" else "np.inf"
+    info = np.iinfo(dtype)
+    return str(info.min if op == "reduce_max" else info.max)
+
+
+def _reduce_stage(plan: Plan, stage: Stage, uses: Uses) -> list:
+    """Loops with a scalar accumulator per output element; when the innermost axis is kept, one pass in
+    memory order accumulating into an array instead (no strided walks down columns)."""
+    node, shape = stage.nodes[0], stage.shape
+    axes, op, acc_t = node.attrs["axes"], node.op, _acc_type(node.dtype)
+    body = _Body(plan, False, uses)
+    idx = _index_vars(shape)
+    v = body.value(node.inputs[0], idx)
+    kept = [(f"i{k}", d) for k, d in enumerate(shape) if k not in axes and d != 1]
+    out_idx = ", ".join(idx[k] if k not in axes else "0" for k in range(len(shape))
+                        if node.attrs["keepdims"] or k not in axes)
+    mean = f" / {math.prod(shape[k] for k in axes)}" if op == "reduce_mean" else ""
+    store = lambda acc: [f"{b}[{out_idx or '0'}] = {CTYPE[node.dtype]}({acc}{mean})" for b in plan.buffers[id(node)]]
+    init = f"{acc_t}({_identity(op, node.dtype)})"
+    walk = [(f"i{k}", d) for k, d in enumerate(shape) if d != 1]
+    if walk and kept and walk[-1] == kept[-1] and len(walk) > len(kept):  # innermost loop kept: memory order
+        accs = f"acc_{plan.buffers[id(node)][0]}"
+        acc = f"{accs}[{', '.join(name for name, _ in kept)}]"
+        lines = [f"{accs} = np.full({tuple(d for _, d in kept)}, {init}, {acc_t})"]
+        lines += _nest(_loops(walk, stage.parallel and walk[0] == kept[0]), body.lines + [_update(op, acc_t, acc, v)],
+                       0)
+        return ["    " + line for line in lines + _nest(_loops(kept, False), store(acc), 0)]
+    reduced = [(f"i{k}", d) for k, d in enumerate(shape) if k in axes and d != 1]
+    inner = _nest(_loops(reduced, False), body.lines + [_update(op, acc_t, "acc", v)], 0)
+    return _nest(_loops(kept, stage.parallel and bool(kept)), [f"acc = {init}"] + inner + store("acc"), 4)
+
+
+def generate(plan: Plan, key: str) -> str:
+    """The module source: imports, the helpers it uses and ``kernel(in..., out...)``."""
+    args = [f"in{k}" for k in range(len(plan.inputs))] + [f"out{k}" for k in range(len(plan.outputs))]
+    uses, body = Uses(), []
+    for k, stage in enumerate(plan.stages):
+        what = ", ".join(f"{'/'.join(plan.buffers[id(n)])} = {describe(n, plan)}" for n in stage.nodes)
+        body.append(f"    # stage {k}: {stage.kind} over {stage.shape}: {what}")
+        body += (_map_stage if stage.kind == "map" else _reduce_stage)(plan, stage, uses)
+    temps = [f"    {name} = np.empty({node.shape or (1,)}, {CTYPE[node.dtype]})" for name, node in plan.temps]
+    aliases = [f"    {b}_f = {b}.reshape(-1)" for b in sorted(uses.flats)]
+    parallel = any(s.parallel for s in plan.stages)
+    head = [f'"""opencann TBE kernel {key[:16]} (generated; CPU, Numba)."""', "import math", "",
+            "import numpy as np", "from numba import njit, prange", ""]
+    helpers = [f'\n@njit(inline="always")\n{HELPERS[h]}\n' for h in sorted(uses.helpers)]
+    fn = ["", f"@njit(parallel={parallel}, fastmath=False, cache=True, error_model='numpy')",
+          f"def kernel({', '.join(args)}):"] + temps + aliases + body + ["    return None", ""]
+    return "\n".join(head + helpers + fn)
