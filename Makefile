@@ -29,7 +29,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check opencann tests benchmarks
 
 bench: $(VENV)/.installed
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/onnx_models.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/onnx_models.py --size full --batch 1,32 --markdown
 
 clean:
 	rm -rf $(VENV) build *.egg-info

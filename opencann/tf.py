@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from opencann.compiler.pipeline import BuildOptions
 from opencann.errors import AclError, ErrorCode
-from opencann.frontends.tensorflow.adapter import Adapter, run_program
+from opencann.frontends.tensorflow.adapter import Adapter, StepThreads, run_program
 from opencann.frontends.tensorflow.monitored import MonitoredSession, MonitoredTrainingSession, SingularMonitoredSession
 from opencann.frontends.tensorflow.tf1 import Session  # TF1 graphs: drop-in for tf.compat.v1.Session
 
@@ -30,9 +30,11 @@ _adapter: Adapter | None = None
 _tf_call_flat = None  # TensorFlow's own ConcreteFunction._call_flat, while the adapter replaces it
 
 
-def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str | None = None) -> Adapter:
+def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str | None = None,
+           threads: int = 1) -> Adapter:
     """Route tf.function execution to opencann (idempotent); returns the adapter (its ``programs``,
-    ``executions`` counters show what ran)."""
+    ``executions`` counters show what ran). ``threads``: BLAS and Numba threads while a step runs
+    (TensorFlow's own pools are idle then; 0 leaves them as configured)."""
     global _adapter, _tf_call_flat
     from tensorflow.python.eager import context
     from tensorflow.python.eager.polymorphic_function import concrete_function
@@ -44,10 +46,13 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
         raise AclError(ErrorCode.INVALID_DEVICE, f"device {device} does not exist (opencann.tf runs on device 0)")
     options = BuildOptions(precision_mode=precision_mode)
     options.check()
+    if threads < 0:
+        raise AclError(ErrorCode.INVALID_PARAM, f"threads must be 0 (as configured) or positive, got {threads}")
+    limit = StepThreads(threads) if threads else None
     if _adapter is not None:
-        _adapter.options, _adapter.dump_graphs = options, dump_graphs
+        _adapter.options, _adapter.dump_graphs, _adapter.threads = options, dump_graphs, limit
         return _adapter
-    adapter = Adapter(options=options, dump_graphs=dump_graphs)
+    adapter = Adapter(options=options, dump_graphs=dump_graphs, threads=limit)
     cls = concrete_function.ConcreteFunction
     _tf_call_flat = original = cls._call_flat
 
@@ -60,7 +65,7 @@ def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str
                            "watching its inputs: opencann cannot differentiate through a compiled call. Open the "
                            "tape inside the tf.function (compute loss and gradients in one traced step)")
         program = adapter.program(self)
-        flat = run_program(program, args)
+        flat = run_program(program, args, adapter.threads)
         adapter.executions += 1
         return self.function_type.pack_output(flat)
 

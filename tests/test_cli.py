@@ -147,8 +147,10 @@ def test_atc_dump_passes(onnx_path, tmp_path):
 
     names = sorted(os.listdir(passes))
     assert names == [f"{i:02d}_{name}.txt" for i, (name, _) in enumerate(PIPELINE, 1)]
-    assert "03_fold_batchnorm.txt" in names
-    assert "Relu" in (passes / names[-1]).read_text()
+    assert any(n.endswith("_fold_batchnorm.txt") for n in names)
+    assert "FusedGemm" not in (passes / names[0]).read_text()
+    last = (passes / names[-1]).read_text()
+    assert "FusedGemm(%x, %W" in last and "activation='relu'" in last
 
 
 def test_atc_mode_6(om_path, capsys):
@@ -156,7 +158,7 @@ def test_atc_mode_6(om_path, capsys):
     out = capsys.readouterr().out
     assert f"model: {om_path}" in out and "target: cpu" in out
     assert "input 0: x float32 [2,4]" in out and "output 0: y float32 [2,3]" in out
-    assert "MatMul×1" in out and '"precision_mode": "force_fp32"' in out
+    assert "FusedGemm×1" in out and '"precision_mode": "force_fp32"' in out
 
 
 def test_atc_mode_1_json(om_path, onnx_path, tmp_path, capsys):
@@ -165,7 +167,7 @@ def test_atc_mode_1_json(om_path, onnx_path, tmp_path, capsys):
     assert "ATC run success" in capsys.readouterr().out
     doc = json.loads(out.read_text())
     assert doc["target"] == "cpu" and doc["graph"]["inputs"] == ["x"] and doc["graph"]["outputs"] == ["y"]
-    assert [n["op"] for n in doc["graph"]["nodes"]] == ["MatMul", "Add", "Relu"]
+    assert [n["op"] for n in doc["graph"]["nodes"]] == ["FusedGemm"]  # MatMul+Add -> Gemm -> Gemm+Relu epilogue
     assert {t["dtype"] for t in doc["tensors"]} == {"float32"} and "data_sha256" not in doc
     from_onnx = tmp_path / "onnx.json"
     assert main(["atc", "--mode", "1", "--model", onnx_path, "--json", str(from_onnx)]) == 0

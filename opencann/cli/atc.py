@@ -2,7 +2,7 @@
 
     opencann atc --model resnet.onnx --framework 5 --output resnet --input_shape "input:1,3,224,224"
     opencann atc --model frozen.pb --framework 3 --output m --input_shape "x:1,224,224,3" --out_nodes "logits:0"
-    opencann atc --mode 6 --om resnet.om          # print model information
+    opencann atc --mode 6 --om resnet.om          # print model information, planned peak activation memory
     opencann atc --mode 1 --om resnet.om --json resnet.json   # dump the model as JSON
 """
 from __future__ import annotations
@@ -19,8 +19,10 @@ import numpy as np
 from opencann.compiler import om
 from opencann.compiler.ir import Graph, TensorType
 from opencann.compiler.passes.precision import MODES
+from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.compiler.pipeline import PIPELINE, BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
+from opencann.runtime.memory_plan import plan_memory
 
 log = logging.getLogger("opencann.atc")
 FRAMEWORKS = {"5": "ONNX", "3": "TensorFlow"}
@@ -173,6 +175,21 @@ def _fmt_shape(t) -> str:
     return "[" + ",".join(str(d) if isinstance(d, int) else "-1" for d in t.shape) + "]"
 
 
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def memory_summary(graph: Graph) -> str:
+    """One line: the planned peak activation memory (see :mod:`opencann.runtime.memory_plan`)."""
+    plan = plan_memory(infer_shapes(graph))
+    text = (f"activation memory: peak {_fmt_bytes(plan.arena_bytes)} planned arena (naive sum "
+            f"{_fmt_bytes(plan.naive_bytes)}, largest live set {_fmt_bytes(plan.live_bytes)}, "
+            f"{len(plan.buffers)} buffers, {plan.inplace} in place)")
+    if plan.unknown:
+        text += f"; {len(plan.unknown)} activation(s) of dynamic shape not planned"
+    return text
+
+
 def print_info(path: str) -> int:
     compiled = om.load(path)
     g = compiled.graph
@@ -187,6 +204,7 @@ def print_info(path: str) -> int:
             dt = np.dtype(v.type.dtype).name if isinstance(v.type, TensorType) else "?"
             print(f"  {label} {i}: {v.name} {dt} {_fmt_shape(v.type)}")
     print("  operators: " + ", ".join(f"{k}×{n}" for k, n in sorted(ops.items(), key=lambda kv: -kv[1])))
+    print("  " + memory_summary(g))
     print("  build options: " + json.dumps(compiled.build_options))
     if compiled.extra:
         print("  extra: " + json.dumps(compiled.extra))

@@ -10,10 +10,17 @@ from dataclasses import asdict, dataclass, field
 
 from opencann.compiler.ir import Graph, TensorType, Value
 from opencann.compiler.om import CompiledModel
+from opencann.compiler.passes.constant_fold import constant_fold
+from opencann.compiler.passes.cse import cse
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 from opencann.compiler.passes.fold_batchnorm import fold_batchnorm
+from opencann.compiler.passes.fold_bias import fold_bias
+from opencann.compiler.passes.fuse_conv import fuse_conv, to_channels_last
+from opencann.compiler.passes.fuse_elementwise import fuse_elementwise
+from opencann.compiler.passes.fuse_patterns import fuse_patterns
 from opencann.compiler.passes.precision import MODES, convert_precision
 from opencann.compiler.passes.shape_inference import infer_shapes
+from opencann.compiler.passes.simplify import simplify
 from opencann.errors import AclError, ErrorCode
 
 TARGETS = ("cpu", "cuda")
@@ -86,10 +93,18 @@ def select_outputs(graph: Graph, options: BuildOptions) -> Graph:
 PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("apply_input_shapes", apply_input_shapes),
     ("select_outputs", select_outputs),
+    ("infer_shapes_early", lambda g, o: infer_shapes(g)),  # constant_fold folds Shape of known shapes
+    ("constant_fold", lambda g, o: constant_fold(g)),
+    ("simplify", lambda g, o: simplify(g)),
+    ("cse", lambda g, o: cse(g)),
     ("fold_batchnorm", lambda g, o: fold_batchnorm(g)),
+    ("fold_bias", lambda g, o: fold_bias(g)),
     ("eliminate_dead_code", lambda g, o: eliminate_dead_code(g)),
     ("infer_shapes", lambda g, o: infer_shapes(g)),
+    ("fuse_conv", lambda g, o: to_channels_last(fuse_conv(g)) if MODES[o.precision_mode] is None else g),
+    ("fuse_patterns", lambda g, o: fuse_patterns(g, gemm_epilogues="mix" not in o.precision_mode)),
     ("convert_precision", lambda g, o: convert_precision(g, o.precision_mode)),
+    ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),  # last: sees final dtypes (see its docstring)
 ]
 
 

@@ -4,6 +4,7 @@ Binary operators broadcast NumPy-style, as ONNX does from opset 7; opsets 1 and 
 ``A`` from the legacy ``axis`` attribute when ``broadcast`` is set. float16, bfloat16 and float8 inputs
 compute in float32 and round back to their own type, as ONNX's reference does.
 """
+import functools
 import math
 from functools import reduce
 
@@ -25,11 +26,18 @@ def _legacy_b(a, b, broadcast, axis):
 # --- unary math -----------------------------------------------------------------------------------
 
 
-
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-def erf(x):
-    """The error function (libm's, compiled by Numba into a NumPy ufunc)."""
+def _erf_scalar(x):
     return math.erf(x)
+
+
+@functools.cache
+def _erf_ufunc():
+    return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
+
+
+def erf(x):
+    """The error function: libm's, compiled by Numba into a NumPy ufunc on first use (keeps imports fast)."""
+    return _erf_ufunc()(x)
 
 
 def _unary(fn):

@@ -10,8 +10,10 @@ Kernel convention (as in ONNX's reference evaluator): inputs are positional (``N
 optional input; a list for a sequence), attributes are keyword arguments with the schema's defaults
 filled in, and a kernel returns one value, or a ``tuple`` when the operator has several outputs. A kernel
 that names a parameter ``n_outputs`` receives how many outputs the node asked for; one that names a
-parameter ``out`` may be handed its first input's array, when that value dies at this node and nothing
-else refers to it, to write its (same shape and dtype) result into. Graph attributes
+parameter ``out`` may be handed a buffer for its (single) result: a planned, C-contiguous array of the
+output's inferred shape and dtype, or its first input's array when that value dies at this node and nothing
+else refers to it. It writes its result there and returns it, or returns a new array when the result does
+not fit; it never returns a view of its inputs. Graph attributes
 arrive as callables ``body(*inputs) -> list`` (see :mod:`opencann.runtime.executor`).
 
 The schema (inputs, outputs, attributes and their defaults, type constraints) of an ONNX-domain
@@ -47,7 +49,6 @@ class OpDef:
     params: frozenset[str] = frozenset()
     takes_kwargs: bool = False
     wants_n_outputs: bool = False
-    writes_out: bool = False
     kernels: dict[str, Callable] = field(default_factory=dict)
 
     def kernel_for(self, device_kind: str) -> Callable:
@@ -120,7 +121,6 @@ def op(name: str, *, since: int | tuple[int, ...] = 1, domain: str = "", infer: 
                              p.kind is p.POSITIONAL_OR_KEYWORD),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
             wants_n_outputs="n_outputs" in sig.parameters,
-            writes_out="out" in sig.parameters,
         )
         versions = _REGISTRY.setdefault((domain, name), [])
         if any(d.since == since for d in versions):

@@ -40,9 +40,10 @@ _ACTIVATIONS: dict[str, tuple[Callable, float | None, float | None]] = {
 }
 
 
-def _activations(names, alphas, betas, defaults: list[str], n_dir: int, op_name: str) -> list[list[Callable]]:
-    """Per direction, the activation functions; alphas/betas are consumed in order by the functions
-    that take them (missing ones get the function's default)."""
+def _activation_specs(names, alphas, betas, defaults: list[str], n_dir: int,
+                      op_name: str) -> list[list[tuple[str, float | None, float | None]]]:
+    """Per direction, ``(name, alpha, beta)`` of each activation function (lower-case names);
+    alphas/betas are consumed in order by the functions that take them (missing ones get the default)."""
     names = [n.decode() if isinstance(n, bytes) else n for n in (names or defaults)]
     per_dir = len(defaults)
     if len(names) == per_dir * 2 and n_dir == 1:  # RNN's schema default lists both directions
@@ -53,15 +54,20 @@ def _activations(names, alphas, betas, defaults: list[str], n_dir: int, op_name:
         raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: expected {per_dir * n_dir} activations, "
                                                 f"got {len(names)}")
     alpha_it, beta_it = iter(alphas or ()), iter(betas or ())
-    fns = []
+    specs = []
     for name in names:
         if name.lower() not in _ACTIVATIONS:
             raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: unsupported activation '{name}'")
-        fn, da, db = _ACTIVATIONS[name.lower()]
-        a = next(alpha_it, da) if da is not None else None
-        b = next(beta_it, db) if db is not None else None
-        fns.append(lambda x, fn=fn, a=a, b=b: fn(x, a, b))
-    return [fns[d * per_dir:(d + 1) * per_dir] for d in range(n_dir)]
+        _, da, db = _ACTIVATIONS[name.lower()]
+        specs.append((name.lower(), next(alpha_it, da) if da is not None else None,
+                      next(beta_it, db) if db is not None else None))
+    return [specs[d * per_dir:(d + 1) * per_dir] for d in range(n_dir)]
+
+
+def _activations(names, alphas, betas, defaults: list[str], n_dir: int, op_name: str) -> list[list[Callable]]:
+    """Per direction, the activation functions (see :func:`_activation_specs`)."""
+    return [[lambda x, fn=_ACTIVATIONS[name][0], a=a, b=b: fn(x, a, b) for name, a, b in specs]
+            for specs in _activation_specs(names, alphas, betas, defaults, n_dir, op_name)]
 
 
 def _directions(direction: str, n_dir: int, op_name: str) -> list[bool]:
@@ -100,21 +106,28 @@ def _recur(step: Callable, xw: np.ndarray, state: tuple, lens: np.ndarray | None
     return ys, state
 
 
+def _check_weights(op_name: str, gates: int, W, R, hidden_size) -> int:
+    """The hidden size, after checking that W and R fit ``gates`` gates of it."""
+    hidden = R.shape[-1]
+    if hidden_size is not None and hidden_size != hidden:
+        raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: hidden_size {hidden_size} does not match R {R.shape}")
+    if W.shape[1] != gates * hidden or R.shape[1:] != (gates * hidden, hidden):
+        raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: W {W.shape} / R {R.shape} do not fit "
+                                                f"{gates} gates of hidden size {hidden}")
+    return hidden
+
+
 def _run(op_name: str, gates: int, make_step: Callable, X, W, R, B, sequence_lens, initial_states,
          *, hidden_size, direction, layout):
-    """The shared driver: layouts, dtypes, biases and directions; returns ``(Y, *final_states)``."""
+    """The shared driver: layouts, dtypes, biases and directions; returns ``(Y, *final_states)``. The input
+    projections of all time steps are one GEMM; ``make_step(d, r, rb)`` gives direction d's cell."""
     dt = _compute_dtype(X)
     x = np.asarray(X, dtype=dt)
     if layout:
         x = x.transpose(1, 0, 2)
         initial_states = [None if s is None else s.transpose(1, 0, 2) for s in initial_states]
     steps, batch, _ = x.shape
-    n_dir, hidden = W.shape[0], R.shape[-1]
-    if hidden_size is not None and hidden_size != hidden:
-        raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: hidden_size {hidden_size} does not match R {R.shape}")
-    if W.shape[1] != gates * hidden or R.shape[1:] != (gates * hidden, hidden):
-        raise AclError(ErrorCode.INVALID_PARAM, f"{op_name}: W {W.shape} / R {R.shape} do not fit "
-                                                f"{gates} gates of hidden size {hidden}")
+    n_dir, hidden = W.shape[0], _check_weights(op_name, gates, W, R, hidden_size)
     b = np.zeros((n_dir, 2 * gates * hidden), dt) if B is None else np.asarray(B, dtype=dt)
     lens = None
     if sequence_lens is not None:
@@ -123,7 +136,7 @@ def _run(op_name: str, gates: int, make_step: Callable, X, W, R, B, sequence_len
     ys, finals = [], []
     for d, reverse in enumerate(_directions(direction, n_dir, op_name)):
         w, r = np.asarray(W[d], dtype=dt), np.asarray(R[d], dtype=dt)
-        xw = x @ w.T + b[d, :gates * hidden]
+        xw = (x.reshape(steps * batch, -1) @ w.T + b[d, :gates * hidden]).reshape(steps, batch, -1)
         state = tuple(np.zeros((batch, hidden), dt) if s is None else np.asarray(s[d], dtype=dt)
                       for s in initial_states)
         y, state = _recur(make_step(d, r, b[d, gates * hidden:]), xw, state, lens, reverse)

@@ -1,13 +1,26 @@
 """The graph executor: runs an IR Graph's nodes with the registry's kernels.
 
-Building an :class:`Executor` resolves every node to a kernel once (unsupported operators are reported
-together, with node names), binds attributes with their defaults, and computes each value's last use
-so that dead values are released as soon as nothing reads them. Subgraphs (If/Loop/Scan bodies) are
-compiled the same way and reach their kernels as :class:`Subgraph` callables that see the enclosing
-scope.
+Building a :class:`Plan` resolves every node to a kernel once (unsupported operators are reported
+together, with node names), binds its attributes with their defaults into the callable
+(``functools.partial``), evaluates ``Constant`` nodes, and numbers every value: a run's workspace is a
+list indexed by slot number, pre-filled with the weights, and each step knows the slots it reads,
+writes and releases (values die right after their last use). Subgraphs (If/Loop/Scan bodies) are
+compiled the same way and reach their kernels as :class:`Subgraph` callables that read the enclosing
+scope by name.
+
+Output buffers: on the CPU, the statically shaped outputs of kernels that take ``out`` get offsets in
+one arena (:func:`~opencann.runtime.memory_plan.plan_arena`, lifetimes extended through views). A run
+whose inputs have the planned shapes and types takes an arena from the plan's pool (a new one when
+every pooled arena is in use by another run) and gives it back at the end, so repeated runs write into
+memory already mapped, and concurrent runs never share one. Such a kernel gets its buffer as ``out=``;
+it writes its result there and returns it, or returns a new array when the result does not fit (never
+a view of its inputs). Graph outputs are never planned; one that is a view into the arena is copied
+out before the run returns. Other runs allocate per kernel, as do subgraph bodies.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +30,11 @@ import numpy as np
 
 from opencann.compiler.ir import Graph, Node
 from opencann.errors import AclError, ErrorCode
-from opencann.ops import registry
+from opencann.ops import blas, registry
+from opencann.runtime import threads
+from opencann.runtime.memory_plan import ALIGNMENT, last_uses, plan_arena
+
+threads.apply_env()
 
 
 @dataclass
@@ -33,12 +50,21 @@ class Step:
     drop: list[str]
     subgraphs: dict[str, Plan]
     reuse: bool = False  # the first input's buffer may receive the output (it dies here)
+    call: Any = None  # fn with attrs bound
+    in_slots: tuple[int, ...] = ()
+    out_slots: tuple[int, ...] = ()
+    drop_slots: tuple[int, ...] = ()
+    single: bool = False  # one output, no subgraphs, no n_outputs
+    simple: bool = False  # single, and never given out=
+    takes_out: bool = False  # the kernel has an ``out`` parameter
+    arena: int = -1  # index of the output's planned buffer in an arena's views (-1: none)
 
 
 class Plan:
-    """A graph compiled to a launch list for one device kind."""
+    """A graph compiled to a launch list for one device kind (``arena=False``: no planned output buffers)."""
 
-    def __init__(self, graph: Graph, device_kind: str = "cpu", opsets: Mapping[str, int] | None = None):
+    def __init__(self, graph: Graph, device_kind: str = "cpu", opsets: Mapping[str, int] | None = None,
+                 arena: bool = True):
         self.graph = graph
         self.device_kind = device_kind
         self.opsets = dict(opsets if opsets is not None else graph.opsets)
@@ -46,9 +72,89 @@ class Plan:
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = [v.name for v in graph.outputs]
         self.captured = sorted(graph.outer_names())
+        self.slot_of: dict[str, int] = {}
         self.steps = self._build()
+        self._template: list[Any] = [None] * len(self.slot_of)
+        for name, arr in self.consts.items():
+            self._template[self._slot(name)] = arr
+        self._captured_slots = [(n, self.slot_of[n]) for n in self.captured]
+        self._input_slots = [self._slot(n) for n in self.input_names]
+        self._output_slots = [self._slot(n) for n in self.output_names]
+        if device_kind == "cpu":
+            blas.constant(*self.consts.values())  # weights never change: MKL may pack them once
+        available = {*self.captured, *self.consts, *self.input_names, *(n for s in self.steps for n in s.outputs)}
+        self._unproduced = [n for n in self.output_names if n not in available]
+        self._layout = self._plan_arena() if arena and device_kind == "cpu" else None
+        self._pool: list[tuple[np.ndarray, list[np.ndarray]]] = []  # free arenas and their views
+
+    def _slot(self, name: str) -> int:
+        slot = self.slot_of.get(name)
+        if slot is None:
+            slot = self.slot_of[name] = len(self.slot_of)
+        return slot
 
     def _build(self) -> list[Step]:
+        resolved, opsets = self._resolve()
+        for name in (*self.captured, *self.consts, *self.input_names):
+            self._slot(name)
+        keep = set(self.output_names)
+        dying: dict[int, list[str]] = {}
+        for name, last in last_uses(self.graph).items():
+            if name not in keep:
+                dying.setdefault(last, []).append(name)
+        steps = []
+        for idx, (node, d) in enumerate(zip(self.graph.nodes, resolved, strict=True)):
+            step = self._step(node, d, opsets[idx])
+            step.drop = sorted(dying.get(idx, ()))
+            first = step.inputs[0] if step.inputs else None
+            step.takes_out = _takes_out(step.fn)
+            step.reuse = step.takes_out and first in step.drop and first not in self.consts
+            if self._fold_constant(step):
+                continue
+            step.in_slots = tuple(self._slot(n) if n is not None else self._slot("") for n in step.inputs)
+            step.out_slots = tuple(self._slot(n) if n else -1 for n in step.outputs)
+            step.drop_slots = tuple(self._slot(n) for n in step.drop)
+            step.single = (not step.subgraphs and step.n_outputs is None and len(step.outputs) == 1
+                           and bool(step.outputs[0]))
+            step.simple = step.single and not step.reuse
+            steps.append(step)
+        return steps
+
+    def _plan_arena(self) -> tuple[int, list[tuple[int, np.dtype, tuple[int, ...]]], list] | None:
+        """Arena size, each planned buffer's (offset, dtype, shape), and the static graph inputs to check."""
+        index = {id(node): idx for idx, node in enumerate(self.graph.nodes)}
+        outputs = set(self.output_names)
+        candidates = {s.outputs[0]: s for s in self.steps if s.takes_out and s.single and s.outputs[0] not in outputs}
+        memory = plan_arena(self.graph, set(candidates), [index[id(s.node)] for s in candidates.values()])
+        if not memory.buffers:
+            return None
+        layout = []
+        for buf in memory.buffers:
+            step = candidates[buf.names[0]]
+            step.arena, step.simple = len(layout), False
+            t = step.node.outputs[0].type
+            layout.append((buf.offset, np.dtype(t.dtype), tuple(t.shape)))
+        static = [(self.slot_of[v.name], tuple(v.type.shape), np.dtype(v.type.dtype)) for v in self.graph.inputs
+                  if getattr(v.type, "is_static", False)]
+        return memory.arena_bytes, layout, static
+
+    def _acquire(self, vals: list[Any]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """A free arena (with its views) for a run whose inputs have the planned shapes and types, else None."""
+        nbytes, layout, static = self._layout
+        for slot, shape, dtype in static:
+            value = vals[slot]
+            if getattr(value, "shape", None) != shape or getattr(value, "dtype", None) != dtype:
+                return None
+        try:
+            return self._pool.pop()  # list.pop and append are atomic: concurrent runs get distinct arenas
+        except IndexError:
+            raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+            skip = -raw.ctypes.data % ALIGNMENT
+            buf = raw[skip:skip + nbytes]  # every planned buffer starts on a 64-byte boundary
+            return buf, [buf[off:off + dt.itemsize * _count(shape)].view(dt).reshape(shape)
+                         for off, dt, shape in layout]
+
+    def _resolve(self) -> tuple[list[registry.OpDef], list[int]]:
         missing: dict[str, list[str]] = {}
         resolved, opsets = [], []
         for node in self.graph.nodes:
@@ -64,21 +170,26 @@ class Plan:
                                 for op, names in sorted(missing.items()))
             raise AclError(ErrorCode.OP_NOT_FOUND,
                            f"{len(missing)} unsupported operator type(s) in graph '{self.graph.name}': {listing}")
-        last_use = self._last_uses()
-        keep = set(self.output_names)
-        steps = []
-        for idx, (node, d) in enumerate(zip(self.graph.nodes, resolved, strict=True)):
-            subplans = {k: Plan(g, self.device_kind, self.opsets) for k, g in node.subgraphs.items()}
-            steps.append(Step(
-                node=node, fn=d.kernel_for(self.device_kind), attrs=self._bind_attrs(node, d, opsets[idx]),
-                inputs=[v.name if v is not None and v.name else None for v in node.inputs],
-                outputs=[v.name for v in node.outputs],
-                n_outputs=len(node.outputs) if d.wants_n_outputs else None,
-                drop=sorted(n for n, last in last_use.items() if last == idx and n not in keep),
-                subgraphs=subplans))
-            first = steps[-1].inputs[0] if steps[-1].inputs else None
-            steps[-1].reuse = d.writes_out and first in steps[-1].drop and first not in self.consts
-        return steps
+        return resolved, opsets
+
+    def _step(self, node: Node, d: registry.OpDef, opset: int) -> Step:
+        fn = d.kernel_for(self.device_kind)
+        attrs = self._bind_attrs(node, d, opset)
+        return Step(node=node, fn=fn, attrs=attrs,
+                    inputs=[v.name if v is not None and v.name else None for v in node.inputs],
+                    outputs=[v.name for v in node.outputs],
+                    n_outputs=len(node.outputs) if d.wants_n_outputs else None, drop=[],
+                    subgraphs={k: Plan(g, self.device_kind, self.opsets) for k, g in node.subgraphs.items()},
+                    call=functools.partial(fn, **attrs) if attrs else fn)
+
+    def _fold_constant(self, step: Step) -> bool:
+        """Evaluate a ``Constant`` node once, at build time: its value joins the weights."""
+        if step.node.op != "Constant" or step.node.domain or step.inputs or len(step.outputs) != 1:
+            return False
+        value = _normalize(_call(step, step.call))
+        self.consts[step.outputs[0]] = value
+        self._slot(step.outputs[0])
+        return True
 
     def _bind_attrs(self, node: Node, d: registry.OpDef, opset: int) -> dict[str, Any]:
         attrs = dict(d.defaults_at(opset))
@@ -89,60 +200,123 @@ class Plan:
                 attrs[k] = v
         return attrs
 
-    def _last_uses(self) -> dict[str, int]:
-        last: dict[str, int] = {}
-        for idx, node in enumerate(self.graph.nodes):
-            for v in node.inputs:
-                if v is not None:
-                    last[v.name] = idx
-            for g in node.subgraphs.values():
-                for name in g.outer_names():
-                    last[name] = idx
-            for v in node.outputs:
-                last.setdefault(v.name, idx)
-        return last
+    def replace_const(self, name: str, value: Any) -> None:
+        """Swap a weight's array (e.g. for its copy in device memory)."""
+        self.consts[name] = value
+        self._template[self.slot_of[name]] = value
+        if self.device_kind == "cpu":
+            blas.constant(value)
 
     def run(self, feeds: Mapping[str, Any], outer: Mapping[str, Any] | None = None) -> list[Any]:
-        """Run the launch list on ``feeds`` (plus an enclosing scope for subgraphs)."""
-        env: dict[str, Any] = {n: outer[n] for n in self.captured if n in outer} if outer else {}
-        env.update(self.consts)
-        env.update(feeds)
-        for step in self.steps:
-            _launch(step, env)
+        """Run the launch list on ``feeds`` (by name; plus an enclosing scope for subgraphs)."""
+        vals = self._workspace(outer)
+        slot_of = self.slot_of
+        for name, value in feeds.items():
+            slot = slot_of.get(name)
+            if slot is not None:
+                vals[slot] = value
+        return self._execute(vals, outer)
+
+    def run_list(self, inputs: Sequence[Any], outer: Mapping[str, Any] | None = None) -> list[Any]:
+        """Run on the graph inputs given in order."""
+        vals = self._workspace(outer)
+        for slot, value in zip(self._input_slots, inputs, strict=False):
+            vals[slot] = value
+        return self._execute(vals, outer)
+
+    def _workspace(self, outer: Mapping[str, Any] | None) -> list[Any]:
+        vals = self._template.copy()
+        if outer is not None:
+            for name, slot in self._captured_slots:
+                if name in outer:
+                    vals[slot] = outer[name]
+        return vals
+
+    def _execute(self, vals: list[Any], outer: Mapping[str, Any] | None) -> list[Any]:
+        arena = self._acquire(vals) if self._layout is not None and outer is None else None
+        views = arena[1] if arena is not None else None
+        step = None
         try:
-            return [env[name] for name in self.output_names]
-        except KeyError as exc:
-            raise AclError(ErrorCode.INTERNAL_ERROR, f"output {exc} was not produced") from None
+            for step in self.steps:
+                if step.simple:
+                    result = step.call(*[vals[i] for i in step.in_slots])
+                    vals[step.out_slots[0]] = result if type(result) is np.ndarray else _first(result)
+                elif step.single:
+                    args = [vals[i] for i in step.in_slots]
+                    if views is not None and step.arena >= 0:
+                        result = step.call(*args, out=views[step.arena])
+                    elif step.reuse and _private(args[0]):
+                        result = step.call(*args, out=args[0])
+                    else:
+                        result = step.call(*args)
+                    vals[step.out_slots[0]] = result if type(result) is np.ndarray else _first(result)
+                else:
+                    self._launch(step, vals, outer)
+                result = args = None  # the next step's _private() counts references
+                for i in step.drop_slots:
+                    vals[i] = None
+            if self._unproduced:
+                raise AclError(ErrorCode.INTERNAL_ERROR, f"output '{self._unproduced[0]}' was not produced")
+            outputs = [vals[i] for i in self._output_slots]
+            return outputs if arena is None else [_detach(v, arena[0]) for v in outputs]
+        except AclError:
+            raise
+        except Exception as exc:
+            raise AclError(ErrorCode.INTERNAL_ERROR,
+                           f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if arena is not None:
+                vals.clear()
+                self._pool.append(arena)
+
+    def _launch(self, step: Step, vals: list[Any], outer: Mapping[str, Any] | None) -> None:
+        """The general path: subgraphs, ``n_outputs``, ``out=`` reuse and several outputs."""
+        args = [vals[i] for i in step.in_slots]
+        kwargs: dict[str, Any] = {}
+        if step.subgraphs:
+            scope = _Scope(self.slot_of, vals, outer)
+            for key, plan in step.subgraphs.items():
+                if "[" in key:
+                    base, _, idx = key.partition("[")
+                    kwargs.setdefault(base, [])
+                    kwargs[base].insert(int(idx[:-1]), Subgraph(plan, scope))
+                else:
+                    kwargs[key] = Subgraph(plan, scope)
+        if step.n_outputs is not None:
+            kwargs["n_outputs"] = step.n_outputs
+        if step.reuse and _private(args[0]):
+            kwargs["out"] = args[0]
+        result = step.call(*args, **kwargs)
+        results = result if isinstance(result, tuple) else (result,)
+        for slot, value in zip(step.out_slots, results, strict=False):
+            if slot >= 0:
+                vals[slot] = _normalize(value)
 
 
-def _launch(step: Step, env: dict[str, Any]) -> None:
-    """Run one step: read its inputs from ``env``, store its outputs, drop values that died."""
-    args = [env[name] if name is not None else None for name in step.inputs]
-    kwargs = dict(step.attrs)
-    for key, plan in step.subgraphs.items():
-        if "[" in key:
-            base, _, idx = key.partition("[")
-            kwargs.setdefault(base, [])
-            kwargs[base].insert(int(idx[:-1]), Subgraph(plan, env))
-        else:
-            kwargs[key] = Subgraph(plan, env)
-    if step.n_outputs is not None:
-        kwargs["n_outputs"] = step.n_outputs
-    if step.reuse and _private(args[0]):
-        kwargs["out"] = args[0]
-    try:
-        result = step.fn(*args, **kwargs)
-    except AclError:
-        raise
-    except Exception as exc:
-        raise AclError(ErrorCode.INTERNAL_ERROR,
-                       f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
-    results = result if isinstance(result, tuple) else (result,)
-    for name, value in zip(step.outputs, results, strict=False):
-        if name:
-            env[name] = _normalize(value)
-    for name in step.drop:
-        env.pop(name, None)
+class _Scope(Mapping):
+    """A run's values seen by name (what subgraph bodies capture), falling back to the outer scope."""
+
+    def __init__(self, slot_of: dict[str, int], vals: list[Any], outer: Mapping[str, Any] | None):
+        self.slot_of, self.vals, self.outer = slot_of, vals, outer
+
+    def __getitem__(self, name: str) -> Any:
+        slot = self.slot_of.get(name)
+        if slot is not None:
+            return self.vals[slot]
+        if self.outer is not None:
+            return self.outer[name]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.slot_of or (self.outer is not None and name in self.outer)
+
+    def __iter__(self):
+        yield from self.slot_of
+        if self.outer is not None:
+            yield from self.outer
+
+    def __len__(self) -> int:
+        return len(self.slot_of) + (len(self.outer) if self.outer is not None else 0)
 
 
 class Subgraph:
@@ -158,13 +332,48 @@ class Subgraph:
         if len(inputs) != len(self.plan.input_names):
             raise AclError(ErrorCode.OP_INPUT_NOT_MATCH, f"subgraph '{self.plan.graph.name}' takes "
                            f"{len(self.plan.input_names)} inputs, got {len(inputs)}")
-        return self.plan.run(dict(zip(self.plan.input_names, inputs, strict=True)), self.scope)
+        return self.plan.run_list(inputs, self.scope)
+
+
+def _call(step: Step, fn: Any) -> Any:
+    try:
+        return fn()
+    except AclError:
+        raise
+    except Exception as exc:
+        raise AclError(ErrorCode.INTERNAL_ERROR,
+                       f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _takes_out(fn: Any) -> bool:
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _detach(value: Any, arena: np.ndarray) -> Any:
+    """``value`` (an output), copied when it shares the arena's memory (the next run reuses the arena)."""
+    if isinstance(value, list):
+        return [_detach(v, arena) for v in value]
+    return value.copy() if type(value) is np.ndarray and np.may_share_memory(value, arena) else value
 
 
 def _private(arr: Any) -> bool:
     """True when ``arr`` owns its memory and only the executor refers to it (no views, no caller)."""
-    # references: the environment, the argument list, this frame's parameter, getrefcount's argument
+    # references: the workspace, the argument list, this frame's parameter, getrefcount's argument
     return type(arr) is np.ndarray and arr.base is None and arr.flags.writeable and sys.getrefcount(arr) <= 4
+
+
+def _first(result: Any) -> Any:
+    """A single-output kernel's result, normalized (a tuple gives its first element)."""
+    if isinstance(result, tuple):
+        result = result[0]
+    return _normalize(result)
 
 
 def _normalize(value: Any) -> Any:
@@ -183,12 +392,16 @@ class Executor:
         self.plan = Plan(graph, self.device.kind)
         self.input_names = self.plan.input_names
         self.output_names = self.plan.output_names
+        self._required = [n for n in self.input_names if n not in self.plan.consts]
         self.runs = 0
 
     def run(self, feeds: Mapping[str, Any] | Sequence[Any]) -> list[Any]:
+        if isinstance(feeds, (list, tuple)) and len(feeds) >= len(self.input_names):
+            self.runs += 1
+            return self.plan.run_list(feeds)
         if not isinstance(feeds, Mapping):
             feeds = dict(zip(self.input_names, feeds, strict=False))
-        missing = [n for n in self.input_names if n not in feeds and n not in self.plan.consts]
+        missing = [n for n in self._required if n not in feeds]
         if missing:
             raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"missing input(s): {', '.join(missing)}")
         self.runs += 1

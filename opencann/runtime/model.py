@@ -1,8 +1,9 @@
 """Model management: loading compiled models onto a device, describing them, executing them.
 
 A :class:`LoadedModel` keeps its weights in device memory from the device's caching allocator and
-compiles its launch list once. Every execution builds its own workspace (the values of that run), so
-any number of threads may execute one loaded model at the same time.
+compiles its launch list once. Every execution builds its own workspace (the values of that run) and
+takes an output arena of its own from the plan's pool (see :mod:`opencann.runtime.executor`), so any
+number of threads may execute one loaded model at the same time.
 """
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ class LoadedModel:
         self.plan = Plan(compiled.graph, device.kind)
         self._weights = []
         try:
-            for name, arr in self.plan.consts.items():
-                self.plan.consts[name] = self._to_device(arr)
+            for name, arr in list(self.plan.consts.items()):
+                self.plan.replace_const(name, self._to_device(arr))
         except BaseException:
             self.release()
             raise
@@ -90,7 +91,7 @@ class LoadedModel:
         if len(inputs) != len(self.inputs):
             raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH,
                            f"model {self.id} takes {len(self.inputs)} inputs, got {len(inputs)}")
-        feeds = {}
+        feeds = []
         for desc, arr in zip(self.inputs, inputs, strict=True):
             arr = np.asarray(arr)
             if arr.dtype != desc.dtype:
@@ -102,10 +103,10 @@ class LoadedModel:
             if self.dynamic_batch_sizes and arr.shape and arr.shape[0] not in self.dynamic_batch_sizes:
                 raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"batch {arr.shape[0]} is not one of the "
                                f"model's dynamic batch sizes {self.dynamic_batch_sizes}")
-            feeds[desc.name] = arr
+            feeds.append(arr)
         with self._count_lock:
             self.executions += 1
-        return self.plan.run(feeds)
+        return self.plan.run_list(feeds)
 
     def execute_async(self, inputs: Sequence[np.ndarray], stream,
                       done: Callable[[list[np.ndarray]], Any] | None = None) -> None:

@@ -1,0 +1,300 @@
+"""Numba CPU kernels for RNN, GRU and LSTM (the reference kernels in :mod:`opencann.ops.rnn` are the oracle).
+
+Same semantics as the reference: every direction, ``sequence_lens``, initial states, peepholes, clip,
+``input_forget``, ``linear_before_reset``, layouts 0 and 1, all ONNX activations; float16/bfloat16 run in
+float32. The input projections of all time steps are one GEMM up front (``X @ W^T``); the whole
+recurrence of a direction (recurrent mat-vec products, gates, state updates) is one Numba call writing
+into the preallocated ``Y`` and final states, instead of a Python loop over time steps. float32 tanh and
+sigmoid use a rational approximation (Eigen's, within 4e-7 of tanh) that vectorizes. Recurrences too
+large for a Numba mat-vec to keep up with BLAS (``batch * gates * hidden**2 > _MAX_MACS`` multiply-adds
+per step; the crossover measured at 2-4 M) run the reference kernel, which calls BLAS per step.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import njit
+
+from opencann.ops import rnn as ref
+from opencann.ops.blas import sgemm
+from opencann.ops.registry import kernel
+
+_MAX_MACS = 1 << 21  # recurrent multiply-adds per time step above which BLAS per step wins
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no nnan/ninf: clip may be inf
+_CODES = {name: i for i, name in enumerate(("relu", "tanh", "sigmoid", "affine", "leakyrelu", "thresholdedrelu",
+                                            "scaledtanh", "hardsigmoid", "elu", "softsign", "softplus"))}
+
+
+_ZERO, _HALF, _ONE = np.float32(0.0), np.float32(0.5), np.float32(1.0)  # float32 math for float32 data
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _act(code, x, a, b):  # noqa: C901 - one branch per ONNX activation
+    if code == 0:
+        return max(x, _ZERO)
+    if code == 1:
+        return math.tanh(x)
+    if code == 2:
+        return _HALF * (math.tanh(_HALF * x) + _ONE)
+    if code == 3:
+        return a * x + b
+    if code == 4:
+        return x if x >= _ZERO else a * x
+    if code == 5:
+        return x if x > a else _ZERO
+    if code == 6:
+        return a * math.tanh(b * x)
+    if code == 7:
+        return min(max(a * x + b, _ZERO), _ONE)
+    if code == 8:
+        return x if x >= _ZERO else a * math.expm1(x)
+    if code == 9:
+        return x / (_ONE + abs(x))
+    return max(x, _ZERO) + math.log1p(math.exp(-abs(x)))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tanh32(x):
+    """tanh as a rational function (Eigen's float32 approximation, within 4e-7): vectorizes, unlike tanhf."""
+    x = min(max(x, np.float32(-9.0)), np.float32(9.0))
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return x * p / q
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _apply(code, v, a, b, fast):
+    """``v[:] = activation(v)``; ``fast``: float32 data, tanh and sigmoid through :func:`_tanh32`."""
+    if fast and code == 1:
+        for k in range(v.shape[0]):
+            v[k] = _tanh32(v[k])
+    elif fast and code == 2:
+        for k in range(v.shape[0]):
+            v[k] = _HALF * (_tanh32(_HALF * v[k]) + _ONE)
+    else:
+        for k in range(v.shape[0]):
+            v[k] = _act(code, v[k], a, b)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _project(z, h, r, bias, rows):
+    """``z[:] = bias + r[rows:rows + len(z)] @ h`` (dot products of contiguous rows: vectorizes)."""
+    for j in range(z.shape[0]):
+        acc = bias[j]
+        row = r[rows + j]
+        for k in range(h.shape[0]):
+            acc += h[k] * row[k]
+        z[j] = acc
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _clip(v, limit):
+    for k in range(v.shape[0]):
+        v[k] = min(max(v[k], -limit), limit)
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _rnn_seq(xw, r, rb, h, lens, reverse, codes, al, be, clip, fast, y, d):
+    steps, batch, hidden = xw.shape[0], xw.shape[1], r.shape[1]
+    z = np.empty(hidden, xw.dtype)
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        for n in range(batch):
+            if t >= lens[n]:
+                continue
+            _project(z, h[n], r, rb, 0)
+            for j in range(hidden):
+                z[j] += xw[t, n, j]
+            _clip(z, clip)
+            _apply(codes[0], z, al[0], be[0], fast)
+            h[n] = z
+            y[t, d, n] = z
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _gru_seq(xw, r, rb, h, lens, reverse, codes, al, be, clip, fast, linear_before_reset, y, d):
+    steps, batch, hidden = xw.shape[0], xw.shape[1], r.shape[1]
+    zr = np.empty(2 * hidden, xw.dtype)
+    rh = np.empty(hidden, xw.dtype)
+    cand = np.empty(hidden, xw.dtype)
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        for n in range(batch):
+            if t >= lens[n]:
+                continue
+            _project(zr, h[n], r, rb, 0)
+            for j in range(2 * hidden):
+                zr[j] += xw[t, n, j]
+            _clip(zr, clip)
+            _apply(codes[0], zr, al[0], be[0], fast)
+            for k in range(hidden):
+                rh[k] = h[n, k] if linear_before_reset else zr[hidden + k] * h[n, k]
+            _project(cand, rh, r, rb[2 * hidden:], 2 * hidden)
+            for j in range(hidden):
+                reset = zr[hidden + j] if linear_before_reset else _ONE
+                cand[j] = xw[t, n, 2 * hidden + j] + reset * cand[j]
+            _clip(cand, clip)
+            _apply(codes[1], cand, al[1], be[1], fast)
+            for j in range(hidden):
+                value = (_ONE - zr[j]) * cand[j] + zr[j] * h[n, j]
+                h[n, j] = value
+                y[t, d, n, j] = value
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _lstm_seq(xw, r, rb, p, h, c, lens, reverse, codes, al, be, clip, fast, input_forget, y, d):
+    steps, batch, hidden = xw.shape[0], xw.shape[1], r.shape[1]
+    z = np.empty(4 * hidden, xw.dtype)
+    act = np.empty(hidden, xw.dtype)
+    i, o, f, g = z[:hidden], z[hidden:2 * hidden], z[2 * hidden:3 * hidden], z[3 * hidden:]
+    for s in range(steps):
+        t = steps - 1 - s if reverse else s
+        for n in range(batch):
+            if t >= lens[n]:
+                continue
+            _project(z, h[n], r, rb, 0)
+            for k in range(hidden):
+                i[k] += xw[t, n, k] + p[0, k] * c[n, k]
+                f[k] += xw[t, n, 2 * hidden + k] + p[2, k] * c[n, k]
+                g[k] += xw[t, n, 3 * hidden + k]
+            _clip(i, clip)
+            _clip(f, clip)
+            _clip(g, clip)
+            _apply(codes[0], i, al[0], be[0], fast)
+            if input_forget:
+                for k in range(hidden):
+                    f[k] = _ONE - i[k]
+            else:
+                _apply(codes[0], f, al[0], be[0], fast)
+            _apply(codes[1], g, al[1], be[1], fast)
+            for k in range(hidden):
+                c[n, k] = f[k] * c[n, k] + i[k] * g[k]
+                o[k] = min(max(o[k] + xw[t, n, hidden + k] + p[1, k] * c[n, k], -clip), clip)
+                act[k] = c[n, k]
+            _apply(codes[0], o, al[0], be[0], fast)
+            _apply(codes[2], act, al[2], be[2], fast)
+            for k in range(hidden):
+                h[n, k] = o[k] * act[k]
+                y[t, d, n, k] = h[n, k]
+
+
+def _params(op_name: str, defaults: tuple, n_dir: int, dtype, clip, activations, alphas, betas) -> list[tuple]:
+    """Per direction, the Numba kernel's activation codes, alphas and betas, clip limit and float32 flag."""
+    key = (op_name, n_dir, np.dtype(dtype), clip, *(tuple(v) if v is not None else None
+                                                     for v in (activations, alphas, betas)))
+    return _cached_params(key, defaults)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_params(key: tuple, defaults: tuple) -> list[tuple]:
+    op_name, n_dir, dtype, clip, activations, alphas, betas = key
+    out = []
+    for specs in ref._activation_specs(activations, alphas, betas, list(defaults), n_dir, op_name):
+        codes = np.array([_CODES[name] for name, _, _ in specs], np.int64)
+        al = np.array([0.0 if a is None else a for _, a, _ in specs], dtype)
+        be = np.array([0.0 if b is None else b for _, _, b in specs], dtype)
+        out.append((codes, al, be, dtype.type(np.inf if clip is None else clip), dtype == np.float32))
+    return out
+
+
+def _small(X, R, gates: int, layout) -> bool:
+    """Whether the recurrence is small enough for the Numba mat-vec (and the input a 3-d float array)."""
+    if X.dtype.kind != "f" or X.ndim != 3:
+        return False
+    return X.shape[0 if layout else 1] * gates * R.shape[-1] ** 2 <= _MAX_MACS
+
+
+def _drive(op_name: str, gates: int, run, X, W, R, B, sequence_lens, initial_states, *, hidden_size, direction,
+           layout):
+    """The reference driver's semantics (see :func:`opencann.ops.rnn._run`) with less Python per call: Y and
+    the final states are allocated once and written in place by ``run(d, reverse, xw, r, rb, states, lens,
+    y)``, the Numba call of direction ``d`` (writing ``y[:, d]``)."""
+    dt = ref._compute_dtype(X)
+    x = X.astype(dt, copy=False)
+    if layout:
+        x = x.transpose(1, 0, 2)
+        initial_states = [None if s is None else s.transpose(1, 0, 2) for s in initial_states]
+    steps, batch, _ = x.shape
+    n_dir, hidden = W.shape[0], ref._check_weights(op_name, gates, W, R, hidden_size)
+    flags = ref._directions(direction, n_dir, op_name)
+    b = np.zeros((n_dir, 2 * gates * hidden), dt) if B is None else B.astype(dt, copy=False)
+    lens = np.full(batch, steps, np.int64) if sequence_lens is None else sequence_lens.astype(np.int64, copy=False)
+    y = np.zeros((steps, n_dir, batch, hidden), dt)
+    states = [np.zeros((n_dir, batch, hidden), dt) if s is None else np.array(s, dt, order="C")
+              for s in initial_states]
+    x2 = x.reshape(steps * batch, -1)
+    for d, reverse in enumerate(flags):
+        xw = (sgemm(x2, W[d].astype(dt, copy=False), trans_b=True) + b[d, :gates * hidden]).reshape(steps, batch, -1)
+        r = np.ascontiguousarray(R[d], dt)
+        run(d, reverse, xw, r, b[d, gates * hidden:], [s[d] for s in states], lens, y)
+    if layout:
+        y = y.transpose(2, 0, 1, 3)
+        states = [s.transpose(1, 0, 2) for s in states]
+    return tuple(o.astype(X.dtype, copy=False) for o in (y, *states))
+
+
+@kernel("RNN", "cpu")
+def rnn(X, W, R, B=None, sequence_lens=None, initial_h=None, *, hidden_size=None, direction="forward",
+        activations=None, activation_alpha=None, activation_beta=None, clip=None, layout=0, output_sequence=0):
+    if not _small(X, R, 1, layout):
+        return ref.rnn(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
+                       activations=activations, activation_alpha=activation_alpha, activation_beta=activation_beta,
+                       clip=clip, layout=layout)
+    params = _params("RNN", ("Tanh",), W.shape[0], ref._compute_dtype(X), clip, activations, activation_alpha,
+                     activation_beta)
+
+    def run(d, reverse, xw, r, rb, states, lens, y):
+        _rnn_seq(xw, r, rb, states[0], lens, reverse, *params[d], y, d)
+
+    return _drive("RNN", 1, run, X, W, R, B, sequence_lens, [initial_h], hidden_size=hidden_size,
+                  direction=direction, layout=layout)
+
+
+@kernel("GRU", "cpu")
+def gru(X, W, R, B=None, sequence_lens=None, initial_h=None, *, hidden_size=None, direction="forward",
+        activations=None, activation_alpha=None, activation_beta=None, clip=None, linear_before_reset=0,
+        layout=0, output_sequence=0):
+    if not _small(X, R, 3, layout):
+        return ref.gru(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
+                       activations=activations, activation_alpha=activation_alpha, activation_beta=activation_beta,
+                       clip=clip, linear_before_reset=linear_before_reset, layout=layout)
+    params = _params("GRU", ("Sigmoid", "Tanh"), W.shape[0], ref._compute_dtype(X), clip, activations,
+                     activation_alpha, activation_beta)
+
+    def run(d, reverse, xw, r, rb, states, lens, y):
+        _gru_seq(xw, r, rb, states[0], lens, reverse, *params[d], bool(linear_before_reset), y, d)
+
+    return _drive("GRU", 3, run, X, W, R, B, sequence_lens, [initial_h], hidden_size=hidden_size,
+                  direction=direction, layout=layout)
+
+
+@kernel("LSTM", "cpu")
+def lstm(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *, hidden_size=None,
+         direction="forward", activations=None, activation_alpha=None, activation_beta=None, clip=None,
+         input_forget=0, layout=0, output_sequence=0):
+    if not _small(X, R, 4, layout):
+        return ref.lstm(X, W, R, B, sequence_lens, initial_h, initial_c, P, hidden_size=hidden_size,
+                        direction=direction, activations=activations, activation_alpha=activation_alpha,
+                        activation_beta=activation_beta, clip=clip, input_forget=input_forget, layout=layout)
+    params = _params("LSTM", ("Sigmoid", "Tanh", "Tanh"), W.shape[0], ref._compute_dtype(X), clip, activations,
+                     activation_alpha, activation_beta)
+    hidden = R.shape[-1]
+
+    def run(d, reverse, xw, r, rb, states, lens, y):
+        p = np.zeros((3, hidden), xw.dtype) if P is None else P[d].astype(xw.dtype).reshape(3, hidden)
+        _lstm_seq(xw, r, rb, p, states[0], states[1], lens, reverse, *params[d], bool(input_forget), y, d)
+
+    return _drive("LSTM", 4, run, X, W, R, B, sequence_lens, [initial_h, initial_c], hidden_size=hidden_size,
+                  direction=direction, layout=layout)

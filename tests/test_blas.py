@@ -1,0 +1,194 @@
+"""opencann.ops.blas: MKL's sgemm against NumPy over layouts, alpha/beta, fallbacks, threads and fork."""
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from opencann.errors import AclError
+from opencann.ops import blas
+from opencann.runtime import threads
+
+RNG = np.random.default_rng(7)
+HAS_MKL = blas.library() is not None
+
+
+@pytest.fixture
+def always_mkl(monkeypatch):
+    """Every float32 product through MKL (small ones included, and small constants packed), where MKL is installed."""
+    monkeypatch.setattr(blas, "SMALL", 0)
+    monkeypatch.setattr(blas, "PACK_MIN", 0)
+
+
+def rand(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def check(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    base = None if out is None else out.copy()
+    y = blas.sgemm(a, b, out, trans_a, trans_b, alpha, beta)
+    ref = alpha * (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    if base is not None:
+        assert y is out
+        ref = ref + beta * base
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+    assert y.dtype == (np.result_type(a, b) if out is None else out.dtype)
+
+
+def test_mkl_is_found_where_the_wheel_is_installed():
+    wheel = any(os.path.isfile(os.path.join(sys.prefix, "lib", n)) for n in blas._NAMES)
+    assert HAS_MKL == wheel
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 784, 33), (5, 3, 7), (64, 128, 48), (3, 0, 4), (0, 5, 4),
+                                   (4, 5, 0), (130, 257, 65)])
+def test_shapes(always_mkl, m, k, n):
+    check(rand(m, k), rand(k, n))
+    check(rand(m, k), rand(k, n), out=rand(m, n), alpha=0.5, beta=-2.0)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, True), (True, False), (True, True)])
+def test_transposed_operands(always_mkl, trans_a, trans_b):
+    a = rand(20, 30) if trans_a else rand(30, 20)
+    b = rand(40, 20) if trans_b else rand(20, 40)
+    check(a, b, trans_a=trans_a, trans_b=trans_b)
+    check(a.T.copy().T, b, trans_a=trans_a, trans_b=trans_b, out=rand(30, 40), alpha=2.0, beta=1.0)
+
+
+def test_views_of_any_stride(always_mkl):
+    big = rand(50, 80)
+    check(big[3:33, 5:25], big[10:30, 40:75])  # row-major with lda > k
+    check(big[:30, :20].T.T, big.T[:20, :35])  # a column-major view
+    check(big[::2, ::3][:12, :9], rand(9, 4))  # unevenly spaced: copied
+    check(big[::-1, :10][:7], big[:10, ::-1][:, :6])  # negative strides
+    check(np.broadcast_to(rand(1, 8), (6, 8)), rand(8, 5))  # zero stride
+    check(rand(1, 8)[:, :1], rand(1, 3))  # one row and one column
+
+
+def test_outputs_of_any_layout(always_mkl):
+    a, b = rand(12, 7), rand(7, 9)
+    check(a, b, out=np.empty((9, 12), np.float32).T)  # column-major out
+    check(a, b, out=rand(12, 20)[:, 3:12], beta=1.0)  # row-major with ldc > n
+    check(a, b, out=rand(24, 18)[::2, ::2], alpha=-1.0, beta=0.5)  # strided: through a temporary
+
+
+def test_output_overlapping_an_input(always_mkl):
+    a = rand(16, 16)
+    ref = a @ a
+    np.testing.assert_allclose(blas.sgemm(a, a, a), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL is not installed")
+def test_constant_weights_are_packed_once(always_mkl):
+    w = rand(24, 40)
+    blas.constant(w)
+    key = id(w)
+    for a, view, trans_b, alpha in ((rand(5, 24), w, False, 1.0), (rand(5, 40), w, True, 0.5),
+                                    (rand(3, 10), w[4:14, 8:30], False, 2.0), (rand(5, 24), w, False, 1.0)):
+        check(a, view, trans_b=trans_b, alpha=alpha)
+        check(a, view, out=rand(a.shape[0], view.shape[0] if trans_b else view.shape[1]), trans_b=trans_b,
+              alpha=alpha, beta=1.0)
+    assert len(blas._packs[key]) == 3  # one packed copy per view, transposition and alpha
+    other = rand(24, 40)
+    check(rand(5, 24), other)  # not declared: no packed copy
+    check(rand(50, 24), w)  # m >= n: not packed either
+    assert id(other) not in blas._packs and len(blas._packs[key]) == 3
+    del w, view
+    assert key not in blas._constants and key not in blas._packs  # dropped with the weight
+
+
+def test_other_dtypes_go_to_numpy(always_mkl):
+    check(rand(6, 5, dtype=np.float64), rand(5, 4, dtype=np.float64), alpha=3.0)
+    check(rand(6, 5), rand(5, 4), out=np.zeros((6, 4)), beta=1.0)
+
+
+def test_bad_shapes():
+    with pytest.raises(AclError, match="do not multiply"):
+        blas.sgemm(rand(3, 4), rand(5, 6))
+    with pytest.raises(AclError, match="do not multiply"):
+        blas.sgemm(rand(3, 4), rand(4, 6), np.empty((3, 5), np.float32))
+    with pytest.raises(AclError, match="2-D"):
+        blas.sgemm(rand(2, 3, 4), rand(4, 6))
+
+
+def test_missing_mkl_falls_back_to_numpy(monkeypatch, always_mkl):
+    monkeypatch.setattr(blas, "_candidates", lambda: ["/nonexistent/libmkl_rt.so.3"])
+    monkeypatch.setattr(blas, "_state", {})
+    assert blas.library() is None
+    check(rand(9, 8), rand(10, 8), trans_b=True, out=rand(9, 10), alpha=0.5, beta=2.0)
+    check(rand(9, 8), rand(8, 10))
+
+
+def test_environment_forces_numpy():
+    code = ("import numpy as np; from opencann.ops import blas; a = np.ones((200, 100), np.float32); "
+            "assert blas.library() is None; print(blas.sgemm(a, a, trans_b=True)[0, 0])")
+    env = {**os.environ, blas.ENV_VAR: "numpy"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "100.0"
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL is not installed")
+def test_thread_count_follows_set_num_threads():
+    before = threads.get_num_threads()["blas"]
+    lib = blas.library()
+    try:
+        for n in (1, 2):
+            threads.set_num_threads(n)
+            assert lib.MKL_Get_Max_Threads() == n
+    finally:
+        threads.set_num_threads(before)
+
+
+def _child(conn):
+    a = np.ones((256, 256), np.float32)
+    conn.send(float(blas.sgemm(a, a)[0, 0]))
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL is not installed")
+def test_fork_after_threaded_gemm_does_not_hang():
+    before = threads.get_num_threads()["blas"]
+    try:
+        threads.set_num_threads(2)
+        a = rand(256, 256)
+        blas.sgemm(a, a)
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(child,))
+        proc.start()
+        proc.join(30)
+        alive = proc.is_alive()
+        if alive:
+            proc.kill()
+        assert not alive and proc.exitcode == 0 and parent.recv() == 256.0
+        assert blas.library().MKL_Get_Max_Threads() == 2  # the parent keeps its threads
+    finally:
+        threads.set_num_threads(before)
+
+
+def test_call_sites_through_mkl(always_mkl):
+    """The CPU kernels' products (MatMul, Gemm with transB, im2col and 1x1 convs in both layouts, the RNN input
+    projection) with every product on MKL, against the reference kernels."""
+    from opencann.ops import conv as ref_conv
+    from opencann.ops import cpu_conv, cpu_nn, cpu_rnn, linalg
+    from opencann.ops import rnn as ref_rnn
+
+    def close(y, ref):
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+    a, w, c = rand(2, 5, 24), rand(24, 16), rand(16)
+    close(cpu_nn.matmul_cpu(a, w), a @ w)
+    close(cpu_nn.gemm_cpu(a[0], w.T.copy(), c, transB=1, alpha=0.5), linalg.gemm(a[0], w.T.copy(), c, transB=1,
+                                                                                   alpha=0.5))
+    x, k3, k1 = rand(2, 6, 9, 9), rand(8, 3, 3, 3), rand(8, 6, 1, 1)
+    close(cpu_conv.conv(x, k3, c[:8], group=2, pads=[1, 1, 1, 1]), ref_conv.conv(x, k3, c[:8], group=2,
+                                                                                   pads=[1, 1, 1, 1]))
+    close(cpu_conv.conv(x, k1), ref_conv.conv(x, k1))
+    nhwc = x.transpose(0, 2, 3, 1).copy()
+    for wt in (rand(8, 6, 3, 3), k1):
+        y = cpu_conv.fused_conv(nhwc, wt.transpose(2, 3, 1, 0).copy(), channels_last=1, strides=[2, 2])
+        close(y, ref_conv.conv(x, wt, strides=[2, 2]).transpose(0, 2, 3, 1))
+    xs, wr, rr = rand(7, 3, 10), rand(1, 16, 10), rand(1, 16, 4)
+    for got, ref in zip(cpu_rnn.lstm(xs, wr, rr, hidden_size=4), ref_rnn.lstm(xs, wr, rr, hidden_size=4)):
+        close(got, ref)

@@ -1,0 +1,199 @@
+"""The fast CPU kernels of opencann.ops.cpu_nn against the reference kernels and NumPy, and the fused ops' schemas."""
+import math
+
+import numpy as np
+import pytest
+
+from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes.shape_inference import infer_shapes
+from opencann.errors import AclError
+from opencann.ops import registry
+from opencann.runtime import Executor
+
+RNG = np.random.default_rng(0)
+F32 = np.float32
+
+
+def kernels(name: str, domain: str = "", opset: int = 23):
+    d = registry.lookup(name, opset, domain)
+    assert d.kernel_for("cpu") is not d.reference, f"{name} has no fast CPU kernel"
+    return d.kernel_for("cpu"), d.reference
+
+
+def randn(*shape, dtype=F32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def gelu_np(y):
+    return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+
+
+def softmax_np(y, axis):
+    e = np.exp(y - y.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+ACTS = {"none": lambda y: y, "relu": lambda y: np.maximum(y, 0), "gelu": gelu_np, "tanh": np.tanh,
+        "sigmoid": lambda y: 1 / (1 + np.exp(-y)),
+        "softmax": lambda y: softmax_np(y, -1),
+        "gelu_tanh": lambda y: 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y ** 3)))}
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("a_shape,bias_shape", [((2, 5, 7), (9,)), ((3, 7), (1, 9)), ((1, 1, 7), None)])
+def test_fused_matmul_matches_reference_and_numpy(act, a_shape, bias_shape):
+    fast, ref = kernels("FusedMatMul", "opencann")
+    a, b = randn(*a_shape), randn(7, 9)
+    bias = None if bias_shape is None else randn(*bias_shape)
+    want = ACTS[act](0.5 * (a.astype(np.float64) @ b) + (0 if bias is None else bias))
+    got = fast(a, b, bias, alpha=0.5, activation=act)
+    assert got.dtype == F32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(got, ref(a, b, bias, alpha=0.5, activation=act), rtol=1e-5, atol=2e-6)
+
+
+def test_fused_matmul_batched_operands():
+    fast, ref = kernels("FusedMatMul", "opencann")
+    q, k = randn(1, 3, 5, 4), randn(1, 3, 6, 4)
+    kt = np.swapaxes(k, -1, -2)  # a strided view, as attention's K^T
+    want = (q.astype(np.float64) @ kt) / 2
+    np.testing.assert_allclose(fast(q, kt, alpha=0.5), want, rtol=1e-5, atol=1e-6)
+    bias = randn(6)
+    got = fast(q, kt, bias, alpha=0.5, activation="relu")
+    np.testing.assert_allclose(got, np.maximum(want + bias, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, ref(q, kt, bias, alpha=0.5, activation="relu"), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_matmul_fallbacks_match_reference():
+    fast, ref = kernels("FusedMatMul", "opencann")
+    a, b = randn(2, 3, 4, 5, dtype=np.float64), randn(2, 3, 5, 6, dtype=np.float64)  # float64, batched B
+    np.testing.assert_array_equal(fast(a, b, activation="relu"), ref(a, b, activation="relu"))
+    a32, b32 = randn(4, 6).T, randn(4, 3)  # A not C-contiguous
+    np.testing.assert_allclose(fast(a32, b32), a32 @ b32, rtol=1e-5)
+    full_bias = randn(6, 3)  # a full (M, N) bias is no bias row
+    np.testing.assert_allclose(fast(a32, b32, full_bias), ref(a32, b32, full_bias), rtol=1e-6)
+    with pytest.raises(AclError, match="fused activation"):
+        ref(a32, b32, activation="swish")
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("c_shape", [None, (5,), (3, 5), (1,), (3, 1)])
+def test_gemm_and_fused_gemm(trans_a, trans_b, c_shape):
+    fast, ref = kernels("Gemm")
+    fused, _ = kernels("FusedGemm", "opencann")
+    a = randn(*((4, 3) if trans_a else (3, 4)))
+    b = randn(*((5, 4) if trans_b else (4, 5)))
+    c = None if c_shape is None else randn(*c_shape)
+    want = 0.7 * ((a.T if trans_a else a) @ (b.T if trans_b else b)) + (0 if c is None else 1.5 * c)
+    kw = {"alpha": 0.7, "beta": 1.5, "transA": trans_a, "transB": trans_b}
+    np.testing.assert_allclose(fast(a, b, c, **kw), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(a, b, c, **kw), ref(a, b, c, **kw), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused(a, b, c, activation="relu", **kw), np.maximum(want, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_gemm_fallbacks():
+    fast, ref = kernels("Gemm")
+    a, b, c = randn(3, 4, dtype=np.float64), randn(4, 2, dtype=np.float64), randn(2, dtype=np.float64)
+    np.testing.assert_array_equal(fast(a, b, c), ref(a, b, c))
+    with pytest.raises(AclError, match="broadcast"):
+        fast(a.astype(F32), b.astype(F32), c.astype(F32), broadcast=0)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (4, 5)), ((2, 3, 4, 5), (2, 3, 5, 2)), ((4,), (4, 3)),
+                                    ((3, 4), (4,)), ((1, 6, 4), (1, 4, 2))])
+def test_matmul(shapes):
+    fast, ref = kernels("MatMul")
+    a, b = randn(*shapes[0]), randn(*shapes[1])
+    np.testing.assert_allclose(fast(a, b), np.matmul(a, b), rtol=1e-5, atol=1e-6)
+    assert fast(a, b).shape == ref(a, b).shape
+    with pytest.raises(AclError, match="MatMul shapes"):
+        fast(randn(2, 3), randn(4, 2))
+
+
+def test_empty_products_fall_back():
+    matmul_fast, _ = kernels("MatMul")
+    np.testing.assert_array_equal(matmul_fast(randn(2, 0), randn(0, 3)), np.zeros((2, 3), F32))
+    fused, _ = kernels("FusedMatMul", "opencann")
+    np.testing.assert_array_equal(fused(randn(2, 0), randn(0, 3), np.ones(3, F32)), np.ones((2, 3), F32))
+    assert fused(randn(0, 4), randn(4, 3), activation="relu").shape == (0, 3)
+    gemm_fast, _ = kernels("Gemm")
+    np.testing.assert_array_equal(gemm_fast(randn(2, 0), randn(0, 3), np.ones(3, F32)), np.ones((2, 3), F32))
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 3, 17), -1), ((5, 1), 1), ((3, 4, 5), 1)])
+def test_softmax(shape, axis):
+    fast, ref = kernels("Softmax", opset=13)
+    x = randn(*shape) * 30  # large logits: the max is subtracted first
+    if x.shape[axis] > 1:
+        x.flat[0] = -np.inf
+    want = softmax_np(x, axis)
+    np.testing.assert_allclose(fast(x, axis=axis), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fast(x, axis=axis), ref(x, axis=axis), rtol=1e-5, atol=1e-7)
+    x16 = x.astype(np.float16)
+    np.testing.assert_array_equal(fast(x16, axis=axis), ref(x16, axis=axis))
+
+
+def layer_norm_np(x, gamma, beta, eps):
+    x = x.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    inv = 1 / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return (x - mean) * inv * gamma + (0 if beta is None else beta), mean, inv
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 37), (1, 768), (4, 1)])
+@pytest.mark.parametrize("with_beta", [True, False])
+def test_layer_norm(shape, with_beta):
+    fast, ref = kernels("LayerNormalization", opset=17)
+    x, gamma = randn(*shape) * 3 + 1, randn(shape[-1])
+    beta = randn(shape[-1]) if with_beta else None
+    got = fast(x, gamma, beta, axis=-1, epsilon=1e-5, stash_type=1)
+    for g, w, r in zip(got, layer_norm_np(x, gamma, beta, 1e-5), ref(x, gamma, beta, axis=-1, epsilon=1e-5,
+                                                                    stash_type=1), strict=True):
+        assert g.dtype == F32 and g.shape == r.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=2e-5)
+    x16 = x.astype(np.float16)  # falls back to the reference kernel
+    np.testing.assert_array_equal(fast(x16, gamma.astype(np.float16), None, axis=-1, epsilon=1e-5, stash_type=1)[0],
+                                  ref(x16, gamma.astype(np.float16), None, axis=-1, epsilon=1e-5, stash_type=1)[0])
+
+
+@pytest.mark.parametrize("skip,bias", [(True, True), (True, False), (False, False)])
+def test_skip_layer_norm(skip, bias):
+    fast, ref = kernels("SkipLayerNormalization", "opencann")
+    x, gamma, beta = randn(2, 5, 24), randn(24), randn(24)
+    s, b = (randn(2, 5, 24) if skip else None), (randn(24) if bias else None)
+    total = x + (0 if s is None else s) + (0 if b is None else b)
+    want = layer_norm_np(total, gamma, beta, 1e-3)
+    got, expect = fast(x, s, gamma, beta, b, epsilon=1e-3), ref(x, s, gamma, beta, b, epsilon=1e-3)
+    for g, w, r in zip(got, (*want, total), expect, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("domain,opset", [("", 20), ("opencann", 1)])
+def test_gelu(domain, opset):
+    fast, ref = kernels("Gelu", domain, opset)
+    x = np.concatenate([np.linspace(-8, 8, 1001), randn(257) * 3]).astype(F32).reshape(2, -1)
+    np.testing.assert_allclose(fast(x), gelu_np(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(x), ref(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(x, approximate="tanh"), ref(x, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(np.float32(1.5)), gelu_np(np.float64(1.5)), rtol=1e-6)
+    np.testing.assert_array_equal(fast(x.astype(np.float64)), ref(x.astype(np.float64)))
+
+
+def test_fused_ops_in_a_graph_take_schema_defaults_and_infer_shapes():
+    x = Value("x", TensorType(F32, (2, 3, 4)))
+    w, bias = Value("w", const=randn(4, 6)), Value("b", const=randn(6))
+    g_, b_ = Value("g", const=randn(6)), Value("beta", const=randn(6))
+    h, h2, y, s = Value("h"), Value("h2"), Value("y"), Value("s")
+    nodes = [Node("FusedMatMul", [x, w, bias], [h], {"activation": "gelu"}, domain="opencann"),
+             Node("FusedMatMul", [x, w], [h2], domain="opencann"),
+             Node("SkipLayerNormalization", [h, h2, g_, b_], [y, Value(""), Value(""), s], domain="opencann")]
+    graph = infer_shapes(Graph(inputs=[x], outputs=[y, s], nodes=nodes, initializers=[w, bias, g_, b_],
+                               opsets={"": 17, "opencann": 1}))
+    assert h.type == TensorType(F32, (2, 3, 6)) and y.type == TensorType(F32, (2, 3, 6)) and s.type == y.type
+    xv = randn(2, 3, 4)
+    got_y, got_s = Executor(graph).run([xv])
+    total = gelu_np(xv @ w.const + bias.const) + xv @ w.const
+    np.testing.assert_allclose(got_s, total, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_y, layer_norm_np(total, g_.const, b_.const, 1e-5)[0], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,128 @@
+"""The Numba RNN/GRU/LSTM kernels (opencann.ops.cpu_rnn) against the reference kernels and onnxruntime."""
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from opencann.compiler import dtypes
+from opencann.ops import cpu_rnn, registry
+from opencann.ops import rnn as ref
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+# (op, attributes, extra inputs: lens / initial states / peepholes); hidden 5, input 3, 6 steps, batch 3
+CASES = [
+    ("LSTM", {}, ()),
+    ("LSTM", {"direction": "reverse"}, ("lens",)),
+    ("LSTM", {"direction": "bidirectional", "clip": 0.7}, ("lens", "init", "peep")),
+    ("LSTM", {"input_forget": 1}, ("init", "peep")),
+    ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "Softsign"], "activation_alpha": [0.3, 0.2],
+              "activation_beta": [0.4]}, ("init",)),
+    ("LSTM", {"activations": ["Sigmoid", "Elu", "ScaledTanh", "Relu", "Affine", "Softplus"],
+              "activation_alpha": [1.1, 0.8, 1.5], "activation_beta": [0.7, -0.2], "direction": "bidirectional"},
+     ("lens",)),
+    ("LSTM", {"layout": 1}, ("lens", "init", "peep")),
+    ("GRU", {}, ()),
+    ("GRU", {"linear_before_reset": 1, "direction": "bidirectional"}, ("lens", "init")),
+    ("GRU", {"direction": "reverse", "clip": 0.5}, ("init",)),
+    ("GRU", {"activations": ["HardSigmoid", "ThresholdedRelu"], "activation_alpha": [0.25, 0.1],
+             "activation_beta": [0.45]}, ("lens",)),
+    ("GRU", {"layout": 1, "linear_before_reset": 1}, ("lens", "init")),
+    ("RNN", {}, ()),
+    ("RNN", {"direction": "bidirectional", "activations": ["Relu", "Tanh"], "clip": 1.5}, ("lens", "init")),
+    ("RNN", {"direction": "reverse", "activations": ["Affine"], "activation_alpha": [0.5],
+             "activation_beta": [0.1]}, ("init",)),
+    ("RNN", {"layout": 1}, ("lens",)),
+]
+ORT_UNSUPPORTED = ("layout", "HardSigmoid", "Softplus", "ThresholdedRelu")  # raise or differ in onnxruntime
+
+
+def inputs(op: str, attrs: dict, extras, dtype, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    n_dir = 2 if attrs.get("direction") == "bidirectional" else 1
+    steps, batch, width, hidden, g = 6, 3, 3, 5, GATES[op]
+    shape = (batch, steps, width) if attrs.get("layout") else (steps, batch, width)
+    state_shape = (batch, n_dir, hidden) if attrs.get("layout") else (n_dir, batch, hidden)
+    rand = lambda *s: (rng.standard_normal(s) * 0.6).astype(dtype)  # noqa: E731
+    x = [rand(*shape), rand(n_dir, g * hidden, width), rand(n_dir, g * hidden, hidden), rand(n_dir, 2 * g * hidden)]
+    x.append(np.array([6, 2, 4], np.int32) if "lens" in extras else None)
+    x.append(rand(*state_shape) if "init" in extras else None)
+    if op == "LSTM":
+        x.append(rand(*state_shape) if "init" in extras else None)
+        x.append(rand(n_dir, 3 * hidden) if "peep" in extras else None)
+    return x
+
+
+def kernels(op: str):
+    d = registry.lookup(op, 22)
+    return d.kernel_for("cpu"), d.reference
+
+
+def ort_outputs(op: str, attrs: dict, x: list) -> list:
+    ort = pytest.importorskip("onnxruntime")
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(x)]
+    outs = ["Y", "Y_h", "Y_c"][:3 if op == "LSTM" else 2]
+    node = helper.make_node(op, names, outs, hidden_size=5, **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, dtypes.to_onnx(v.dtype), v.shape)
+                                            for n, v in zip(names, x, strict=True) if v is not None],
+                              [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {n: v for n, v in zip(names, x, strict=True) if v is not None})
+
+
+def test_the_cpu_kernels_are_the_numba_ones_and_know_every_activation():
+    assert set(cpu_rnn._CODES) == set(ref._ACTIVATIONS)
+    for op in GATES:
+        fast, reference = kernels(op)
+        assert fast.__module__ == cpu_rnn.__name__ and reference.__module__ == ref.__name__
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op,attrs,extras", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_numba_kernel_matches_reference_and_onnxruntime(op, attrs, extras, dtype):
+    x = inputs(op, attrs, extras, dtype)
+    fast, reference = kernels(op)
+    got, want = fast(*x, hidden_size=5, **attrs), reference(*x, hidden_size=5, **attrs)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, **tol)
+    if dtype == np.float32 and not any(k in repr(attrs) for k in ORT_UNSUPPORTED):
+        for g, w in zip(got, ort_outputs(op, attrs, x), strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_padded_steps_give_zeros_and_frozen_states():
+    x = inputs("LSTM", {}, ("lens", "init"), np.float32)
+    y, h, c = kernels("LSTM")[0](*x, hidden_size=5)
+    assert not y[2:, 0, 1].any() and y[1, 0, 1].any()  # batch entry 1 has length 2
+    np.testing.assert_array_equal(h[0, 1], y[1, 0, 1])
+
+
+def test_float16_runs_in_float32_and_large_recurrences_use_the_reference(monkeypatch):
+    x = inputs("GRU", {}, ("init",), np.float16)
+    fast, reference = kernels("GRU")
+    got = fast(*x, hidden_size=5)
+    assert got[0].dtype == np.float16
+    np.testing.assert_allclose(got[0].astype(np.float32), reference(*x, hidden_size=5)[0].astype(np.float32),
+                               rtol=1e-2, atol=1e-3)
+    monkeypatch.setattr(cpu_rnn, "_MAX_MACS", 0)
+    monkeypatch.setattr(ref, "_recur", _recur_spy)
+    calls.clear()
+    kernels("LSTM")[0](*inputs("LSTM", {}, (), np.float32), hidden_size=5)
+    assert calls == [True]
+
+
+calls: list[bool] = []
+_real_recur = ref._recur
+
+
+def _recur_spy(*args):
+    calls.append(True)
+    return _real_recur(*args)
+
+
+def test_tanh32_is_accurate():
+    x = np.linspace(-12, 12, 100001, dtype=np.float32)
+    got = np.array([cpu_rnn._tanh32(v) for v in x[::97]], np.float32)
+    np.testing.assert_allclose(got, np.tanh(x[::97].astype(np.float64)), rtol=1e-6, atol=5e-7)

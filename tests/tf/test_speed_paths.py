@@ -1,0 +1,215 @@
+"""Fast training paths of the TF adapter: Numba/BLAS gradient kernels against the reference kernels, and the
+adapter's variable write-back (TensorFlow adopts fresh buffers, never one opencann or the caller still holds)."""
+import numpy as np
+import pytest
+
+from opencann.ops import cpu_tf, tf_nn, tf_ops, tf_training
+
+CONVS = [  # input NHWC, filter (kh, kw, C, M), strides, padding, dilations
+    ((2, 9, 8, 3), (3, 3, 3, 4), (1, 1), "VALID", (1, 1)),
+    ((2, 9, 8, 3), (3, 2, 3, 5), (2, 2), "SAME", (1, 1)),
+    ((1, 10, 11, 2), (3, 3, 2, 3), (1, 2), "SAME", (2, 1)),
+    ((3, 7, 7, 1), (5, 5, 1, 2), (3, 1), "EXPLICIT", (1, 1)),
+]
+
+
+def _nhwc_attrs(strides, padding, dilations, data_format="NHWC"):
+    per_axis = (lambda s: (1, 1, *s)) if data_format == "NCHW" else (lambda s: (1, *s, 1))
+    explicit = (0, 0, 1, 0, 1, 2, 0, 0) if data_format == "NHWC" else (0, 0, 0, 0, 1, 0, 1, 2)  # H (1, 0), W (1, 2)
+    return dict(strides=per_axis(strides), padding=padding, dilations=per_axis(dilations), data_format=data_format,
+                explicit_paddings=explicit if padding == "EXPLICIT" else ())
+
+
+def _out_shape(x_shape, f_shape, attrs):
+    import math
+
+    out = []
+    for axis in range(2):
+        i, k = x_shape[1 + axis], f_shape[axis]
+        s, d = attrs["strides"][1 + axis], attrs["dilations"][1 + axis]
+        span = (k - 1) * d + 1
+        if attrs["padding"] == "SAME":
+            out.append(math.ceil(i / s))
+        else:
+            pad = sum(attrs["explicit_paddings"][2 + 2 * axis:4 + 2 * axis]) if attrs["padding"] == "EXPLICIT" else 0
+            out.append((i + pad - span) // s + 1)
+    return (x_shape[0], *out, f_shape[3])
+
+
+@pytest.mark.parametrize("case", CONVS)
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_conv_gradients_match_reference(case, data_format):
+    x_shape, f_shape, strides, padding, dilations = case
+    rng = np.random.default_rng(0)
+    attrs = _nhwc_attrs(strides, padding, dilations, data_format)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(f_shape).astype(np.float32)
+    dy = rng.standard_normal(_out_shape(x_shape, f_shape, _nhwc_attrs(strides, padding, dilations))).astype(np.float32)
+    if data_format == "NCHW":
+        x, dy = x.transpose(0, 3, 1, 2).copy(), dy.transpose(0, 3, 1, 2).copy()
+    sizes = np.array(x.shape, np.int32)
+    want = tf_nn.conv_backprop_input(sizes, w, dy, **attrs)
+    got = cpu_tf.conv_backprop_input(sizes, w, dy, **attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    want = tf_nn.conv_backprop_filter(x, np.array(f_shape), dy, **attrs)
+    got = cpu_tf.conv_backprop_filter(x, np.array(f_shape), dy, **attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert got.dtype == want.dtype == np.float32
+
+
+@pytest.mark.parametrize("ksize,strides,padding", [((2, 2), (2, 2), "VALID"), ((3, 3), (2, 2), "SAME"),
+                                                   ((3, 2), (1, 1), "SAME")])
+def test_max_pool_grad_matches_reference_with_ties(ksize, strides, padding):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, (2, 7, 6, 3)).astype(np.float32)  # many ties: the first maximum must win
+    attrs = dict(ksize=(1, *ksize, 1), strides=(1, *strides, 1), padding=padding)
+    out_hw = [(-(-i // s) if padding == "SAME" else (i - k) // s + 1) for i, k, s in zip(x.shape[1:3], ksize, strides)]
+    g = rng.standard_normal((2, *out_hw, 3)).astype(np.float32)
+    want = tf_nn.max_pool_grad(x, None, g, **attrs)  # overlapping windows: sums in another order
+    np.testing.assert_allclose(cpu_tf.max_pool_grad(x, None, g, **attrs), want, rtol=1e-6, atol=1e-6)
+    nchw = dict(attrs, ksize=(1, 1, *ksize), strides=(1, 1, *strides), data_format="NCHW")
+    got = cpu_tf.max_pool_grad(x.transpose(0, 3, 1, 2), None, g.transpose(0, 3, 1, 2), **nchw)
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-6, atol=1e-6)
+
+
+def test_relu_grad_matches_reference():
+    rng = np.random.default_rng(2)
+    g, f = rng.standard_normal((2, 5, 7)).astype(np.float32), rng.standard_normal((2, 5, 7)).astype(np.float32)
+    f[0, 0, :3] = [0.0, np.nan, -0.0]
+    np.testing.assert_array_equal(cpu_tf.relu_grad(g, f), tf_ops.relu_grad(g, f))
+    np.testing.assert_array_equal(cpu_tf.relu_grad(g.astype(np.float64), f), tf_ops.relu_grad(g.astype(np.float64), f))
+
+
+OPTIMIZERS = [  # name, slots, scalar hyper-parameters, use_nesterov (None: no such attribute)
+    *(("apply_momentum", 1, [0.1, 0.9], n) for n in (0, 1)),
+    *(("apply_keras_momentum", 1, [0.1, 0.9], n) for n in (0, 1)),
+    *(("apply_adam", 2, [0.9 ** 3, 0.999 ** 3, 1e-3, 0.9, 0.999, 1e-7], n) for n in (0, 1)),
+    ("apply_rms_prop", 2, [1e-3, 0.9, 0.5, 1e-7], None),
+]
+
+
+def _optimizer_args(slots, scalars, dtype=np.float32):
+    rng = np.random.default_rng(3)
+    state = [rng.standard_normal((5, 7)).astype(dtype) for _ in range(1 + slots)]
+    state[1:] = [np.abs(s) for s in state[1:]]  # second moments are non-negative
+    grad = rng.standard_normal((5, 7)).astype(dtype)
+    return state, [np.asarray(s, dtype) for s in scalars], grad
+
+
+@pytest.mark.parametrize("name,slots,scalars,nesterov", OPTIMIZERS)
+def test_fused_optimizer_updates_match_reference(name, slots, scalars, nesterov):
+    state, hyper, grad = _optimizer_args(slots, scalars)
+    kwargs = {} if nesterov is None else {"use_nesterov": nesterov}
+    if "momentum" in name:  # var, accum, lr, grad, momentum
+        args = [*state, hyper[0], grad, hyper[1]]
+    else:
+        args = [*state, *hyper, grad]
+    want = getattr(tf_training, name)(*args, **kwargs)
+    got = getattr(cpu_tf, name)(*args, **kwargs)
+    assert len(got) == len(want) == 1 + slots
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]  # the reference's path
+    for g, w in zip(getattr(cpu_tf, name)(*wide, **kwargs), getattr(tf_training, name)(*wide, **kwargs)):
+        assert g.dtype == np.float64
+        np.testing.assert_array_equal(g, w)
+
+
+# --- the adapter's variable reads and write-back ------------------------------------------------------
+
+def test_written_buffers_stay_private_to_tensorflow():
+    """TF adopts fresh result buffers and may update them in place later: a graph constant, a value also
+    returned, one assigned to two variables, an unchanged variable and a user's snapshot must not follow."""
+    from tests.tf.harness import oc, tf
+
+    a, b, c = (tf.Variable(np.zeros(4096, np.float32)) for _ in range(3))
+
+    @tf.function
+    def step(x):
+        a.assign(tf.ones(4096))  # a graph constant
+        y = x * 2.0
+        b.assign(y)
+        c.assign(y)  # the same fresh array twice, and returned below
+        return y
+
+    snapshot = a.value()
+    oc.enable()
+    y = step(tf.fill([4096], 3.0))
+    oc.disable()
+    np.testing.assert_array_equal(snapshot.numpy(), 0)
+    for var in (a, b, c):
+        var.assign_add(tf.fill([4096], 100.0))  # TensorFlow may write into a buffer it owns alone
+    np.testing.assert_array_equal(y.numpy(), 6)
+    np.testing.assert_array_equal(b.numpy(), 106)
+    np.testing.assert_array_equal(c.numpy(), 106)
+    oc.enable()
+    step(tf.fill([4096], 1.0))
+    np.testing.assert_array_equal(a.numpy(), 1)  # the constant was not changed by TF's update of ``a``
+    np.testing.assert_array_equal(c.numpy(), 2)
+
+
+def test_handoff_keeps_only_arrays_nothing_else_holds():
+    from opencann.frontends.tensorflow.adapter import handoff
+
+    f32 = np.dtype(np.float32)
+    weight, twice, returned = np.ones(3, f32), np.ones(3, f32), np.ones(3, f32)
+    shared = np.ones((2, 3), f32)
+    values = [np.ones(3, f32), np.ones((1, 3), f32).reshape(3), weight, twice, twice, np.ones((2, 3), f32)[0],
+              shared.reshape(6), np.ones(3, np.float64), returned]
+    read_only = np.ones(3, f32)
+    read_only.flags.writeable = False
+    values.append(read_only)
+    outputs = [returned]  # noqa: F841 - a function output still refers to it
+    got = handoff(values, [f32] * len(values))
+    assert got[0] is values[0] and got[1] is values[1]  # fresh, or the sole view of a fresh array: as is
+    assert all(g is not v for g, v in zip(got[2:], values[2:]))  # everything else is a copy
+    assert all(g.dtype == f32 and g.flags.writeable for g in got)
+
+
+def test_reads_see_eager_writes_between_calls_and_are_read_only():
+    from opencann.frontends.tensorflow import adapter as adapter_module
+    from tests.tf.harness import oc, tf
+
+    v = tf.Variable(np.arange(3, dtype=np.float32))
+
+    @tf.function
+    def bump():
+        v.assign(v + 1.0)
+        return v.read_value()
+
+    oc.enable()
+    np.testing.assert_array_equal(bump().numpy(), [1, 2, 3])
+    v.assign([10.0, 20.0, 30.0])  # eager TF write between compiled calls
+    np.testing.assert_array_equal(bump().numpy(), [11, 21, 31])
+    view = adapter_module.eager().read(v.handle, tf.float32)
+    assert not view.flags.writeable  # a view of TF's buffer: kernels cannot write into it
+    np.testing.assert_array_equal(view, [11, 21, 31])
+
+
+def test_blas_threads_during_a_step(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from opencann.frontends.tensorflow import adapter as adapter_module
+    from tests.tf.harness import oc, tf
+
+    seen = []
+    run = adapter_module.Executor.run
+    monkeypatch.setattr(adapter_module.Executor, "run", lambda self, feeds: seen.append(
+        {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}) or run(self, feeds))
+    before = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    oc.enable(threads=1)
+    np.testing.assert_allclose(tf.function(lambda x: x @ x)(tf.eye(3)).numpy(), np.eye(3))
+    assert seen == [{1}]
+    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == before
+    with pytest.raises(oc.AclError, match="threads"):
+        oc.enable(threads=-1)
+
+
+def test_fast_kernels_are_the_cpu_kernels():
+    from opencann.ops import registry
+
+    for name in ("ConvBackpropFilter", "ConvBackpropInput", "MaxPoolGrad", "ReluGrad", "ApplyAdam", "ApplyMomentum",
+                 "ApplyKerasMomentum", "ApplyRMSProp"):
+        fn = registry.lookup(name, 1, "opencann").kernel_for("cpu")
+        assert fn.__module__ == "opencann.ops.cpu_tf", name
