@@ -91,6 +91,21 @@ def test_channels_last_tiles_match_one_tile(case, monkeypatch):
     got = fast.fused_conv(x.transpose(0, 2, 3, 1), np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b,
                           z.transpose(0, 2, 3, 1), activation="Relu", channels_last=1, **attrs)
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    nchw = fast.fused_conv(x, w, b, z, activation="Relu", **attrs)  # im2col in tiles of rows, GEMMs into y's columns
+    np.testing.assert_allclose(nchw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [1, 4, 11])
+def test_channels_last_image_groups_match_reference(case, monkeypatch):
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    x, w, b = _data((5, *x_shape[1:]), w_shape)
+    z = RNG.standard_normal(ref_conv.conv(x, w, b, **attrs).shape).astype(np.float32)
+    want = _reference_fused(x, w, b, z, "Relu", 0, 0, **attrs)
+    p, k = z.shape[2] * z.shape[3], w_shape[1] * w_shape[2] * w_shape[3]
+    monkeypatch.setattr(fast, "TILE_ELEMENTS", 2 * p * k)  # two images' windows a GEMM: groups 2, 2, 1
+    got = fast.fused_conv(x.transpose(0, 2, 3, 1), np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b,
+                          z.transpose(0, 2, 3, 1), activation="Relu", channels_last=1, **attrs)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_other_dtypes_and_ranks_fall_back_to_the_reference():

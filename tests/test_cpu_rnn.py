@@ -126,3 +126,23 @@ def test_tanh32_is_accurate():
     x = np.linspace(-12, 12, 100001, dtype=np.float32)
     got = np.array([cpu_rnn._tanh32(v) for v in x[::97]], np.float32)
     np.testing.assert_allclose(got, np.tanh(x[::97].astype(np.float64)), rtol=1e-6, atol=5e-7)
+
+
+LSTM_CASES = [c for c in CASES if c[0] == "LSTM"]
+
+
+@pytest.mark.parametrize("op,attrs,extras", LSTM_CASES, ids=[f"LSTM-{i}" for i in range(len(LSTM_CASES))])
+def test_lstm_with_one_mkl_gemm_per_step_matches_reference(op, attrs, extras, monkeypatch):
+    if cpu_rnn.blas.library() is None:
+        pytest.skip("MKL (libmkl_rt) not loaded")
+    seen = []
+    real = cpu_rnn._lstm_seq_gemm
+    monkeypatch.setattr(cpu_rnn, "_GEMM_BATCH", 2)
+    monkeypatch.setattr(cpu_rnn, "_MAX_MACS", 0)  # large recurrences take this path too, not the reference's
+    monkeypatch.setattr(cpu_rnn, "_lstm_seq_gemm", lambda *a: seen.append(True) or real(*a))
+    x = inputs(op, attrs, extras, np.float32)
+    fast, reference = kernels(op)
+    got, want = fast(*x, hidden_size=5, **attrs), reference(*x, hidden_size=5, **attrs)
+    assert seen
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)

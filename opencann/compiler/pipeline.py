@@ -94,7 +94,7 @@ PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("apply_input_shapes", apply_input_shapes),
     ("select_outputs", select_outputs),
     ("infer_shapes_early", lambda g, o: infer_shapes(g)),  # constant_fold folds Shape of known shapes
-    ("constant_fold", lambda g, o: constant_fold(g)),
+    ("constant_fold", lambda g, o: constant_fold(g, drop_folded=True)),
     ("simplify", lambda g, o: simplify(g)),
     ("cse", lambda g, o: cse(g)),
     ("fold_batchnorm", lambda g, o: fold_batchnorm(g)),

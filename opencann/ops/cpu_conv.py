@@ -1,12 +1,13 @@
 """Fast CPU kernels for 2-D convolutions and pooling, and the fused ``opencann::FusedConv``.
 
 float32 2-D convolutions are GEMMs through BLAS, in either layout. NCHW (the ``Conv`` kernel): a 1x1
-stride-1 unpadded conv is ``W[M, C] @ X[C, H*W]`` on the input itself; other kernels first gather their
-windows into a reused per-thread im2col buffer (a Numba loop, rows ordered ``(c, kh, kw)`` like the
-weights, so each group is a row block) and multiply ``W[M, C*kh*kw] @ cols`` straight into the output.
-Channels-last (``FusedConv`` with ``channels_last``, weights ``(kh, kw, C, M)``): ``cols[P, kh*kw*C] @
-W[kh*kw*C, M]``, the im2col copying whole channel vectors per tap, in tiles of output rows that stay in
-the L2 cache (1x1 convs multiply the input directly, in output tiles). Depthwise convs (one channel a
+stride-1 unpadded conv is ``W[M, C] @ X[C, H*W]`` on the input itself; other kernels first gather the
+windows of a tile of output rows into a reused per-thread im2col buffer that stays in the L2 cache (a Numba
+loop, rows ordered ``(c, kh, kw)`` like the weights, so each group is a row block) and multiply ``W[M,
+C*kh*kw] @ cols`` straight into those output columns. Channels-last (``FusedConv`` with ``channels_last``,
+weights ``(kh, kw, C, M)``): ``cols[P, kh*kw*C] @ W[kh*kw*C, M]``, the im2col copying whole channel vectors
+per tap, in tiles of output rows, or of several whole images when small ones fit a tile (fewer, taller
+GEMMs); 1x1 convs multiply the batch's pixels directly, in output tiles. Depthwise convs (one channel a
 group) are a direct channels-last Numba loop, vectorised over channels (NCHW ones are transposed around
 it). Bias, a residual input and the activation are applied in one pass over each output tile while it is
 in cache. MaxPool (without indices) and AveragePool are direct Numba loops too. Other dtypes, ranks and
@@ -37,7 +38,7 @@ from opencann.ops.registry import kernel, op
 F32 = np.dtype(np.float32)
 ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "HardSwish": 6}
 TILE_ELEMENTS = 1 << 19  # largest im2col tile (2 MiB of float32): bigger ones are split to stay in the L2 cache
-OUT_TILE_ELEMENTS = 1 << 15  # a 1x1 conv's output tile (128 KiB), finished by the epilogue while in cache
+OUT_TILE_ELEMENTS = 1 << 18  # a 1x1 conv's output tile (1 MiB), finished by the epilogue while in the L2 cache
 _scratch = threading.local()
 
 
@@ -119,8 +120,9 @@ def _col_range(out, start, step, size):
 
 
 @numba.njit(cache=True)
-def _im2col_nchw(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
-    """Windows of one image ``x (C, H, W)`` into ``cols (C*kh*kw, ho*wo)``, zeros for padding.
+def _im2col_nchw(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo):
+    """Windows of output rows ``[oh0, oh1)`` of one image ``x (C, H, W)`` into ``cols (C*kh*kw, (oh1 - oh0)*wo)``,
+    zeros for padding.
 
     Loops index views from 0 (no slice assignment, no negative-index checks), so LLVM vectorises them.
     """
@@ -131,9 +133,9 @@ def _im2col_nchw(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                 dst = cols[(c * kh + i) * kw + j]
                 off = j * dw - pw
                 lo, hi = _col_range(wo, off, sw, w)
-                for oh in range(ho):
+                for oh in range(oh0, oh1):
                     ih = oh * sh - ph + i * dh
-                    d = dst[oh * wo:(oh + 1) * wo]
+                    d = dst[(oh - oh0) * wo:(oh - oh0 + 1) * wo]
                     if ih < 0 or ih >= h or hi == lo:
                         for k in range(wo):
                             d[k] = 0
@@ -367,14 +369,18 @@ def _fast_nchw(x, w, b, z, geom, group, code, a, bb, out=None):
     w2 = np.ascontiguousarray(w).reshape(group, mg, k)
     x = _nchw_array(x)
     direct = kh == kw == sh == sw == 1 and ph == pw == 0 and (ho, wo) == x.shape[2:]
-    cols = x.reshape(n, c, p) if direct else _buffer(c * kh * kw * p).reshape(c * kh * kw, p)
+    rows = ho if direct else -(-ho // max(1, -(-p * k * group // TILE_ELEMENTS)))  # equal tiles of output rows
     for i in range(n):
-        if not direct:
-            _im2col_nchw(x[i], cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo)
-        src = cols[i] if direct else cols
         yi = y[i].reshape(m, p)
-        for g in range(group):
-            sgemm(w2[g], src[g * k:(g + 1) * k], yi[g * mg:(g + 1) * mg])
+        for oh0 in range(0, ho, rows):
+            p0, p1 = oh0 * wo, min(oh0 + rows, ho) * wo
+            if direct:
+                src = x[i].reshape(c, p)
+            else:
+                src = _buffer(c * kh * kw * (p1 - p0)).reshape(c * kh * kw, p1 - p0)
+                _im2col_nchw(x[i], src, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh0 + (p1 - p0) // wo, wo)
+            for g in range(group):
+                sgemm(w2[g], src[g * k:(g + 1) * k], yi[g * mg:(g + 1) * mg, p0:p1])
         _epilogue(yi, bias, res[i].reshape(m, p), z is not None, True, code, np.float32(a), np.float32(bb))
     return y
 
@@ -401,13 +407,14 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
     w2 = np.ascontiguousarray(w).reshape(k, m)
     if kh == kw == sh == sw == 1 and ph == pw == 0 and (ho, wo) == (h, wd):
         step = max(64, OUT_TILE_ELEMENTS // max(m, 1))  # pixels whose outputs stay in cache for the epilogue
-        for i in range(n):
-            xi, yi, ri = x[i].reshape(p, c), y[i].reshape(p, m), res[i].reshape(p, m)
-            for p0 in range(0, p, step):
-                yt = yi[p0:p0 + step]
-                sgemm(xi[p0:p0 + step], w2, yt)
-                _epilogue(yt, bias, ri[p0:p0 + step], has_res, False, code, a, bb)
+        xs, ys, rs = x.reshape(n * p, c), y.reshape(n * p, m), res.reshape(n * p, m)  # the batch's pixels as one
+        for p0 in range(0, n * p, step):
+            yt = ys[p0:p0 + step]
+            sgemm(xs[p0:p0 + step], w2, yt)
+            _epilogue(yt, bias, rs[p0:p0 + step], has_res, False, code, a, bb)
         return y
+    if p * k <= TILE_ELEMENTS // 2:  # small images: the windows of several images in a tile, one GEMM
+        return _nhwc_images(x, w2, bias, y, res, has_res, (kh, kw, sh, sw, dh, dw, ph, pw, ho, wo), code, a, bb)
     rows = -(-ho // max(1, -(-p * k // TILE_ELEMENTS)))  # equal tiles of output rows, each's windows in a tile
     cols = _buffer(rows * wo * k).reshape(rows * wo, k)
     for i in range(n):
@@ -418,6 +425,22 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
             yt = y[i, oh0:oh1].reshape(-1, m)
             sgemm(tile, w2, yt)
             _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+    return y
+
+
+def _nhwc_images(x, w2, bias, y, res, has_res, geom, code, a, bb):
+    """The channels-last im2col conv for images whose windows fit a tile several times: one GEMM per group."""
+    kh, kw, sh, sw, dh, dw, ph, pw, ho, wo = geom
+    n, (k, m), p = x.shape[0], w2.shape, ho * wo
+    per = min(n, max(1, TILE_ELEMENTS // (p * k)))
+    cols = _buffer(per * p * k).reshape(per * p, k)
+    for i0 in range(0, n, per):
+        i1 = min(i0 + per, n)
+        for i in range(i0, i1):
+            _im2col_nhwc(x[i], cols[(i - i0) * p:(i - i0 + 1) * p], kh, kw, sh, sw, dh, dw, ph, pw, 0, ho, wo)
+        tile, yt = cols[:(i1 - i0) * p], y[i0:i1].reshape(-1, m)
+        sgemm(tile, w2, yt)
+        _epilogue(yt, bias, res[i0:i1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
 

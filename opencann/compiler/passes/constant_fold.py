@@ -19,6 +19,7 @@ shape arguments and weights.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import numpy as np
 
@@ -32,9 +33,14 @@ GROWTH = 4
 SKIP = RANDOM_OPS | {"Identity"}
 
 
-def constant_fold(graph: Graph) -> Graph:
-    """Fold every foldable node of ``graph`` into initializers, in place; returns ``graph``."""
-    kept, known = [], {}
+def constant_fold(graph: Graph, drop_folded: bool = False) -> Graph:
+    """Fold every foldable node of ``graph`` into initializers, in place; returns ``graph``.
+
+    With ``drop_folded``, a constant that only folded nodes read is dropped as soon as its last reader is
+    folded (instead of by dead-code elimination later), so that the weights a folded Transpose replaces are
+    freed before the next one is made: the compiler's peak memory stays near one copy of the weights.
+    """
+    kept, known, uses, dead = [], {}, _uses(graph), set()
     for node in graph.nodes:
         results = _fold(node, graph, known)
         if results is None:
@@ -43,8 +49,29 @@ def constant_fold(graph: Graph) -> Graph:
         for v, arr in zip(node.outputs, results, strict=True):
             v.const, v.producer, v.type = arr, None, TensorType(arr.dtype, arr.shape)
             graph.initializers.append(v)
+        if drop_folded:
+            _drop_read(node, uses, dead)
     graph.nodes = kept
+    graph.initializers = [v for v in graph.initializers if v.name not in dead]
     return graph
+
+
+def _drop_read(node: Node, uses: Counter, dead: set[str]) -> None:
+    """Count the reads of the folded ``node``; a constant read for the last time loses its data now."""
+    for v in node.inputs:
+        if v is not None and v.const is not None:
+            uses[v.name] -= 1
+            if uses[v.name] == 0:
+                dead.add(v.name)
+                v.const = None  # the folded node still holds the value until the pass ends
+
+
+def _uses(graph: Graph) -> Counter:
+    """How many times each value is read: as a node input, by a subgraph, as a graph output."""
+    uses = Counter(v.name for n in graph.nodes for v in n.inputs if v is not None)
+    uses.update(name for n in graph.nodes for g in n.subgraphs.values() for name in g.outer_names())
+    uses.update(v.name for v in graph.outputs)
+    return uses
 
 
 def _fold(node: Node, graph: Graph, known: dict[str, Dims]) -> list[np.ndarray] | None:

@@ -78,6 +78,7 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shape
     for domain, v in opsets.items():
         if not 0 <= v <= MAX_DOMAIN_OPSET:
             raise AclError(ErrorCode.PARSE_MODEL, f"opset {v} of domain '{domain}' is out of range")
+    weights = {} if isinstance(source, onnx.ModelProto) else _detach_weights(model.graph)
     if model.functions:
         try:
             model = onnx.inliner.inline_local_functions(model)
@@ -85,9 +86,30 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, infer_shape
             raise AclError(ErrorCode.PARSE_MODEL, f"cannot inline model functions: {exc}") from None
     if infer_shapes:
         model = _infer_shapes(model)
-    graph = _convert_graph(model.graph, opsets)
+    graph = _convert_graph(model.graph, opsets, weights=weights)
+    del model  # the parsed model (and the weights it holds) goes before validation, not after
     graph.validate()
     return graph
+
+
+def _detach_weights(gp: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The large floating-point initializers of a model opencann parsed itself, as arrays, their data cleared.
+
+    Shape inference and inlining copy the whole model several times over; without the weights' bytes
+    (never shape data) those copies are small, and the peak memory of an import is about twice the weights
+    (the parsed model and the arrays) instead of five times.
+    """
+    weights = {}
+    for t in gp.initializer:
+        if (t.data_type in _FLOATS and t.data_location != onnx.TensorProto.EXTERNAL and t.name not in weights
+                and len(t.raw_data) >= _DETACH_BYTES):
+            weights[t.name] = _tensor(t)
+            t.ClearField("raw_data")
+    return weights
+
+
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_DETACH_BYTES = 4096
 
 
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -121,7 +143,9 @@ def _has_long_vector(gp: onnx.GraphProto) -> bool:
                for g in ([a.g] if a.type == AttributeProto.GRAPH else a.graphs))
 
 
-def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str, Value] | None = None) -> Graph:
+def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str, Value] | None = None,
+                   weights: dict[str, np.ndarray] | None = None) -> Graph:
+    """The IR of ``gp``; ``weights`` holds the initializers taken out of it by _detach_weights."""
     scope: dict[str, Value] = dict(outer or {})
     types = {vi.name: convert_type(vi.type) for vi in [*gp.value_info, *gp.input, *gp.output]}
 
@@ -132,7 +156,7 @@ def _convert_graph(gp: onnx.GraphProto, opsets: dict[str, int], outer: dict[str,
 
     inits = []
     for t in gp.initializer:
-        v = Value(t.name, const=_tensor(t))
+        v = Value(t.name, const=weights.pop(t.name) if weights and t.name in weights else _tensor(t))
         scope[t.name] = v
         inits.append(v)
     if len(gp.sparse_initializer):
