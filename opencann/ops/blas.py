@@ -183,6 +183,9 @@ def sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, trans_a: 
           trans_b: bool = False, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     """``out = alpha * op(a) @ op(b) + beta * out`` (op transposes when asked) for 2-D ``a`` and ``b``; a fresh
     C-contiguous ``out`` when None (then ``beta`` is ignored). MKL for float32, else NumPy."""
+    if out is not None and not (trans_a or trans_b) and alpha == 1.0 and beta == 0.0 and a.ndim == b.ndim == 2 \
+            and a.shape[0] * a.shape[1] * b.shape[-1] <= SMALL and out.shape == (a.shape[0], b.shape[-1]):
+        return np.matmul(a, b, out=out)  # the common small product: NumPy, without the dispatch below (~3 us)
     if a.ndim != 2 or b.ndim != 2:
         raise AclError(ErrorCode.INVALID_PARAM, f"sgemm: want 2-D operands, got shapes {a.shape} and {b.shape}")
     m, k = a.shape[::-1] if trans_a else a.shape

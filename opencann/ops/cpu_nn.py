@@ -26,7 +26,6 @@ from onnx import defs, helper
 
 from opencann.compiler.ir import Node, TensorType
 from opencann.errors import AclError, ErrorCode
-from opencann.ops import blas
 from opencann.ops.activation import _sigmoid, gelu
 from opencann.ops.blas import sgemm
 from opencann.ops.cpu_elementwise import output_buffer
@@ -258,15 +257,6 @@ def _f32(*arrays) -> bool:
     return True
 
 
-def _gemm(a: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
-    """``y = a @ b`` for 2-D float32 operands: small products straight to NumPy (what :func:`sgemm` would do,
-    without its dispatch: ~3 us less a call), larger ones through :func:`sgemm`."""
-    if a.shape[0] * a.shape[1] * b.shape[1] <= blas.SMALL:
-        np.matmul(a, b, out=y)
-    else:
-        sgemm(a, b, y)
-
-
 def _product(a: np.ndarray, b: np.ndarray, dest=None) -> np.ndarray | None:
     """``a @ b`` into a C-contiguous buffer (``dest`` when it fits) for non-empty operands of rank >= 2 (else None); a
     C-contiguous ``a`` times a 2-D ``b`` is one sgemm."""
@@ -315,7 +305,7 @@ def fused_gemm_cpu(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, act
     if a.shape[1] != b.shape[0]:
         raise AclError(ErrorCode.INVALID_PARAM, f"FusedGemm shapes {a.shape} and {b.shape} do not multiply")
     y = output_buffer(out, (a.shape[0], b.shape[1]))
-    _gemm(a, b, y)
+    sgemm(a, b, y)
     row = _bias_row(None if c is None or beta == 0.0 else c, y.shape[1])
     if row is None:  # a full (M, N) C
         np.multiply(y, np.float32(alpha), out=y)

@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 from opencann.ops import tf_nn, tf_ops, tf_training
+from opencann.ops.blas import sgemm
 from opencann.ops.cpu_conv import _buffer, _im2col_nhwc
 from opencann.ops.registry import kernel
 
@@ -137,7 +138,7 @@ def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), paddi
     rows, m = dy.shape[0] * geom[8] * geom[9], dy.shape[-1]
     cols = _buffer(rows * sizes[0] * sizes[1] * sizes[2]).reshape(rows, -1)
     _im2col(x, cols, *geom)
-    return (cols.T @ dy.reshape(rows, m)).reshape(sizes)
+    return sgemm(cols, dy.reshape(rows, m), trans_a=True).reshape(sizes)
 
 
 @kernel("ConvBackpropInput", "cpu", domain=DOMAIN)
@@ -154,7 +155,7 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     rows, m = dy.shape[0] * geom[8] * geom[9], dy.shape[-1]
     w = np.ascontiguousarray(filter).reshape(-1, m)  # (kh * kw * C, M)
     cols = _buffer(rows * w.shape[0]).reshape(rows, -1)
-    np.matmul(dy.reshape(rows, m), w.T, out=cols)
+    sgemm(dy.reshape(rows, m), w, out=cols, trans_b=True)
     dx = np.empty(x_last, F32)
     _col2im(cols, dx, *geom)
     return tf_nn._from_last(dx, data_format)
