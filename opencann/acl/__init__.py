@@ -10,7 +10,7 @@ Areas: system (init/finalize), devices, contexts, streams and events, memory, mo
 (:mod:`opencann.acl.op`), graphs (:class:`GraphBuilder`). Every error is an :class:`AclError` carrying
 AscendCL's numeric code (see docs/errors.md).
 """
-from opencann.acl import op
+from opencann.acl import op, prof
 from opencann.acl.context import Context, create_context, current_context, destroy_context, set_context
 from opencann.acl.device import DeviceProperties, device_count, device_properties, get_device, reset_device, set_device
 from opencann.acl.graph import GraphBuilder
@@ -40,5 +40,5 @@ __all__ = [
     "create_event", "create_stream", "current_context", "destroy_context", "device_count", "device_properties",
     "elapsed_time", "finalize", "free", "free_host", "get_device", "get_mem_info", "init", "is_initialized",
     "load_from_file", "load_from_mem", "malloc", "malloc_host", "memcpy", "memcpy_async", "memset", "memset_async",
-    "op", "reset_device", "set_context", "set_device", "unload",
+    "op", "prof", "reset_device", "set_context", "set_device", "unload",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from opencann.acl import prof
 from opencann.acl.state import STATE
 from opencann.errors import AclError, ErrorCode
 
@@ -27,6 +28,7 @@ def finalize() -> None:
     with STATE.lock:
         if not STATE.initialized:
             raise AclError(ErrorCode.REPEAT_FINALIZE, "acl.finalize() without acl.init()")
+        prof.release()
         for model_id in STATE.models.loaded():
             STATE.models.unload(model_id)
         for ctx in list(STATE.contexts):  # default contexts and those from acl.create_context()

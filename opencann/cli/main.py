@@ -1,4 +1,4 @@
-"""The ``opencann`` command: ``info``, ``atc``, ``run``, ``demo``, ``migrate``.
+"""The ``opencann`` command: ``info``, ``atc``, ``run``, ``profile``, ``demo``, ``migrate``.
 
 Every failure prints one line naming what was wrong (an :class:`AclError` with its code) and exits 1;
 usage errors exit 2. Nothing is left half-written: outputs are written to a temporary file and renamed.
@@ -12,12 +12,12 @@ from opencann.errors import AclError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from opencann.cli import atc, demo, info, migrate, run
+    from opencann.cli import atc, demo, info, migrate, profile, run
 
     parser = argparse.ArgumentParser(prog="opencann", description="opencann: an open Compute Architecture for "
                                      "Neural Networks on CPUs and NVIDIA GPUs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (info, atc, run, demo, migrate):
+    for module in (info, atc, run, profile, demo, migrate):
         module.register(sub)
     return parser
 

@@ -18,6 +18,7 @@ import numpy as np
 from opencann.compiler.ir import TensorType
 from opencann.compiler.om import CompiledModel
 from opencann.errors import AclError, ErrorCode
+from opencann.runtime import profiler
 from opencann.runtime.allocator import CachingAllocator
 from opencann.runtime.executor import Plan
 
@@ -106,7 +107,8 @@ class LoadedModel:
             feeds.append(arr)
         with self._count_lock:
             self.executions += 1
-        return self.plan.run_list(feeds)
+        session = profiler.SESSION  # set while acl.prof records executions
+        return self.plan.run_list(feeds) if session is None else session.execute(self, feeds)
 
     def execute_async(self, inputs: Sequence[np.ndarray], stream,
                       done: Callable[[list[np.ndarray]], Any] | None = None) -> None:
