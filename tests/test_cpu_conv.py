@@ -4,10 +4,10 @@ import pytest
 
 from opencann.errors import AclError
 from opencann.ops import activation as act_ops
+from opencann.ops import blas, registry
 from opencann.ops import conv as ref_conv
 from opencann.ops import cpu_conv as fast
 from opencann.ops import pool as ref_pool
-from opencann.ops import registry
 from opencann.ops.elementwise import clip
 
 RNG = np.random.default_rng(7)
@@ -24,7 +24,9 @@ CONV_CASES = [  # (x shape, w shape, attributes)
     ((2, 6, 9, 10), (6, 1, 5, 5), {"auto_pad": "SAME_UPPER", "strides": [2, 3], "group": 6}),
     ((1, 4, 8, 7), (4, 1, 3, 3), {"auto_pad": "SAME_LOWER", "dilations": [2, 2], "group": 4}),
     ((2, 4, 8, 7), (8, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 4}),  # depth multiplier 2: grouped GEMMs
+    ((2, 12, 7, 13), (12, 1, 3, 3), {"pads": [0, 1, 2, 1], "group": 12}),  # depthwise: 4-output groups and edges
     ((1, 3, 7, 8), (2, 3, 3, 3), {"auto_pad": "VALID", "strides": [2, 2]}),
+    ((2, 8, 9, 10), (6, 8, 3, 5), {"pads": [2, 0, 1, 3]}),  # stride 1: channels-last GEMMs per kernel row
 ]
 
 
@@ -64,7 +66,7 @@ def _reference_fused(x, w, b, z, activation, alpha, beta, **attrs):
 @pytest.mark.parametrize("activation,alpha,beta", [("", 0, 0), ("Relu", 0, 0), ("Clip", 0, 6), ("Clip", -0.5, 0.25),
                                                    ("LeakyRelu", 0.1, 0), ("Sigmoid", 0, 0),
                                                    ("HardSigmoid", 0.3, 0.4), ("HardSwish", 0, 0)])
-@pytest.mark.parametrize("case", [1, 3, 6, 7])
+@pytest.mark.parametrize("case", [1, 3, 6, 7, 9, 12, 13])
 def test_fused_conv_nchw_and_channels_last_match_unfused(activation, alpha, beta, case):
     x_shape, w_shape, attrs = CONV_CASES[case]
     x, w, b = _data(x_shape, w_shape)
@@ -80,7 +82,7 @@ def test_fused_conv_nchw_and_channels_last_match_unfused(activation, alpha, beta
         np.testing.assert_allclose(last.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("case", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("case", [0, 1, 2, 3, 4, 12])
 def test_channels_last_tiles_match_one_tile(case, monkeypatch):
     x_shape, w_shape, attrs = CONV_CASES[case]
     x, w, b = _data((x_shape[0], x_shape[1], 12, 11), w_shape)
@@ -93,6 +95,39 @@ def test_channels_last_tiles_match_one_tile(case, monkeypatch):
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     nchw = fast.fused_conv(x, w, b, z, activation="Relu", **attrs)  # im2col in tiles of rows, GEMMs into y's columns
     np.testing.assert_allclose(nchw, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [0, 11])
+def test_channels_last_few_channel_convs_read_nchw_views_and_nhwc_arrays(case):
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    x, w, b = _data(x_shape, w_shape)
+    wl = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    for more in ({}, {"strides": [1, 1]}, {"strides": [1, 2], "dilations": [2, 1]}):
+        want = _reference_fused(x, w, b, None, "Relu", 0, 0, **dict(attrs, **more))
+        for xl in (x.transpose(0, 2, 3, 1), np.ascontiguousarray(x.transpose(0, 2, 3, 1))):
+            got = fast.fused_conv(xl, wl, b, activation="Relu", channels_last=1, **dict(attrs, **more))
+            np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("activation,alpha,beta", [("Relu", 0, 0), ("Clip", -0.5, 0.25), ("HardSwish", 0, 0)])
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 2, 1, 0]])
+def test_channels_last_winograd_matches_reference(activation, alpha, beta, pads, monkeypatch):
+    x, w, b = _data((3, 8, 9, 10), (6, 8, 3, 3))  # odd output sizes: edge tiles
+    wl = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    blas.constant(wl)
+    z = RNG.standard_normal(ref_conv.conv(x, w, b, pads=pads).shape).astype(np.float32)
+    monkeypatch.setattr(fast, "WINOGRAD_CHANNELS", 8)
+    monkeypatch.setattr(fast, "WINOGRAD_SIZE", 4)
+    monkeypatch.setattr(fast, "WINOGRAD_BLOCK", 16 * 5 * 8 * 3)  # blocks of 3 tile rows, across images
+    for residual in (None, z):
+        want = _reference_fused(x, w, b, residual, activation, alpha, beta, pads=pads)
+        got = fast.fused_conv(x.transpose(0, 2, 3, 1), wl, b, None if residual is None else residual.transpose(
+            0, 2, 3, 1), activation=activation, alpha=alpha, beta=beta, channels_last=1, pads=pads)
+        np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert id(wl) in fast._winograd_weights
+    plain = wl.copy()  # not declared constant: no transformed copy kept, the row-window GEMMs instead
+    fast.fused_conv(x.transpose(0, 2, 3, 1), plain, b, channels_last=1, pads=pads)
+    assert id(plain) not in fast._winograd_weights
 
 
 @pytest.mark.parametrize("case", [1, 4, 11])
@@ -166,11 +201,22 @@ def test_pools_match_reference(shape, attrs):
                                    atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,attrs", POOL_CASES)
+def test_max_pool_of_channels_last_data_stays_channels_last(shape, attrs):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    view = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # what a chain's Transpose yields
+    got = fast.max_pool(view, **attrs)
+    np.testing.assert_array_equal(got, ref_pool.max_pool(x, **attrs))
+    assert got.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 def test_max_pool_propagates_nan_and_falls_back_for_indices():
     x = RNG.standard_normal((1, 2, 6, 6)).astype(np.float32)
     x[0, 1, 2, 3] = np.nan
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
     np.testing.assert_array_equal(fast.max_pool(x, **attrs), ref_pool.max_pool(x, **attrs))
+    view = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(fast.max_pool(view, **attrs), ref_pool.max_pool(x, **attrs))
     y, idx = fast.max_pool(x, n_outputs=2, **attrs)
     want_y, want_idx = ref_pool.max_pool(x, n_outputs=2, **attrs)
     np.testing.assert_array_equal(y, want_y)
@@ -196,3 +242,18 @@ def test_nchw_views_of_channels_last_data_are_read_correctly():
                                rtol=1e-5, atol=1e-5)
     attrs = {"kernel_shape": [3, 3], "strides": [2, 2]}
     np.testing.assert_array_equal(fast.max_pool(view, **attrs), ref_pool.max_pool(x, **attrs))
+
+
+def test_unpacked_gemm_matches_numpy_with_constant_weights():
+    a, b = RNG.standard_normal((200, 96)).astype(np.float32), RNG.standard_normal((96, 700)).astype(np.float32)
+    blas.constant(b)
+    out = RNG.standard_normal((200, 700)).astype(np.float32)
+    want = a @ b + 0.5 * out
+    np.testing.assert_allclose(blas.sgemm_unpacked(a, b, out, beta=0.5), want, rtol=1e-4, atol=1e-3)
+    at = np.ascontiguousarray(a.T)
+    np.testing.assert_allclose(blas.sgemm_unpacked(at, b, np.empty((200, 700), np.float32), trans_a=True), a @ b,
+                               rtol=1e-4, atol=1e-3)
+    wide = np.zeros((200, 1400), np.float32)  # a strided output
+    blas.sgemm_unpacked(a, b, wide[:, ::2])
+    np.testing.assert_allclose(wide[:, ::2], a @ b, rtol=1e-4, atol=1e-3)
+    assert blas.is_constant(b) and not blas.is_constant(a) and not blas.is_constant(b[:10])

@@ -133,6 +133,54 @@ def test_softmax(shape, axis):
     np.testing.assert_array_equal(fast(x16, axis=axis), ref(x16, axis=axis))
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 300), (6, 1)])  # attention scores, a row past SHORT_ROW, 1 wide
+def test_softmax_rows_short_and_long_in_place_and_strided(shape):
+    fast, _ = kernels("Softmax", opset=13)
+    x = randn(*shape) * 20
+    want = softmax_np(x, -1)
+    buf = x.copy()
+    assert fast(buf, axis=-1, out=buf) is buf  # the executor hands over a dying input
+    np.testing.assert_allclose(buf, want, rtol=1e-5, atol=1e-7)
+    out = np.full(shape, np.nan, F32)
+    assert fast(x, axis=-1, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-7)
+    strided = np.swapaxes(np.swapaxes(x, 0, -1).copy(), 0, -1)  # the same values, not C-contiguous
+    np.testing.assert_allclose(fast(strided, axis=-1), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fast(x, axis=-1, out=np.empty((1,), F32)), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [4, 300])
+def test_softmax_masked_rows_follow_numpy(n):
+    """A row of -inf (or with a NaN or +inf) gives NaN, as the reference does; the other rows are unaffected."""
+    fast, ref = kernels("Softmax", opset=13)
+    x = randn(4, n)
+    x[0] = -np.inf
+    x[1, 1], x[2, 2] = np.nan, np.inf
+    x[3, : n // 2] = -np.inf  # half masked: still a distribution
+    with np.errstate(invalid="ignore"):
+        got, want = fast(x, axis=-1), ref(x, axis=-1)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[:3]).all()
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[3].sum(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (7, 300), (4, 1)])
+def test_softmax_grad(shape):
+    fast, ref = kernels("SoftmaxGrad", "opencann")
+    y, dy = softmax_np(randn(*shape) * 3, -1).astype(F32), randn(*shape)
+    want = (dy - (dy * y).sum(-1, keepdims=True)) * y
+    np.testing.assert_allclose(ref(dy, y), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(dy, y), want, rtol=1e-5, atol=1e-6)
+    buf = dy.copy()
+    assert fast(buf, y, out=buf) is buf  # in place over a dying dY
+    np.testing.assert_allclose(buf, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(np.asfortranarray(dy), y), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast(dy[:1], y), ref(dy[:1], y), rtol=1e-6)  # broadcasting: the reference
+    np.testing.assert_array_equal(fast(dy.astype(np.float64), y.astype(np.float64)),
+                                  ref(dy.astype(np.float64), y.astype(np.float64)))
+
+
 def layer_norm_np(x, gamma, beta, eps):
     x = x.astype(np.float64)
     mean = x.mean(-1, keepdims=True)

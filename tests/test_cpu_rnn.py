@@ -146,3 +146,29 @@ def test_lstm_with_one_mkl_gemm_per_step_matches_reference(op, attrs, extras, mo
     assert seen
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_plain_lstm_lane_matches_reference_with_constant_weights(batch, monkeypatch):
+    """The plain LSTM (one direction, default cell) skips the general driver; with its weights declared constant
+    (cached transposes, as in a loaded model), repeated calls keep matching the reference."""
+    rng = np.random.default_rng(3)
+    hidden, width, steps = 6, 4, 5
+    w, r, b = (rng.standard_normal(s).astype(np.float32) * 0.5 for s in ((1, 4 * hidden, width),
+                                                                       (1, 4 * hidden, hidden), (1, 8 * hidden)))
+    cpu_rnn.blas.constant(w, r, b)
+    x = rng.standard_normal((steps, batch, width)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((1, batch, hidden)).astype(np.float32) for _ in range(2))
+    seen = []
+    real = cpu_rnn._plain_lstm
+    monkeypatch.setattr(cpu_rnn, "_plain_lstm", lambda *a: seen.append(True) or real(*a))
+    fast, reference = kernels("LSTM")
+    want = reference(x, w, r, b, None, h0, c0, hidden_size=hidden)
+    for _ in range(2):
+        for g, v in zip(fast(x, w, r, b, None, h0, c0, hidden_size=hidden), want, strict=True):
+            np.testing.assert_allclose(g, v, rtol=2e-5, atol=2e-6)
+    assert seen == [True, True]
+    assert not np.shares_memory(fast(x, w, r, b, None, h0, c0)[1], h0)  # initial states are copied, not updated
+    got = fast(x.astype(np.float64), w, r, b, None, h0, c0)  # float64: the general driver
+    assert len(seen) == 3
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)

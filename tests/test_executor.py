@@ -29,6 +29,17 @@ def _view(x):
     return x[::-1]
 
 
+@op("HeadSum", domain=DOMAIN)
+def _head_sum(x, out=None):
+    calls.append(out is not None)
+    return x[:2] + x[2:]
+
+
+@op("Neg", domain=DOMAIN)
+def _neg_fresh(x):
+    return -x
+
+
 def chain(ops: list[str]) -> Graph:
     x = Value("x", TensorType(np.float32, (4,)))
     values = [x] + [Value(f"v{i}") for i in range(len(ops))]
@@ -56,6 +67,21 @@ def test_buffers_with_live_views_are_not_reused():
     np.testing.assert_array_equal(v, -np.arange(4)[::-1])
     np.testing.assert_array_equal(y, np.arange(4))
     assert calls == [False, False]
+
+
+def test_a_dying_input_of_another_static_shape_is_not_offered_as_out():
+    """Kernels take ``out`` only when it matches the result: a statically different shape is not passed."""
+    calls.clear()
+    x = Value("x", TensorType(np.float32, (4,)))
+    a, b = Value("a", TensorType(np.float32, (4,))), Value("b", TensorType(np.float32, (2,)))
+    nodes = [Node("Neg", [x], [a], domain=DOMAIN), Node("HeadSum", [a], [b], domain=DOMAIN)]
+    (y,) = Executor(Graph(inputs=[x], outputs=[b], nodes=nodes, opsets={"": 23, DOMAIN: 1})).run(
+        [np.arange(4, dtype=np.float32)])
+    np.testing.assert_array_equal(y, [-2, -4])
+    assert calls == [False]
+    (y,) = Executor(chain(["Neg", "HeadSum"])).run([np.arange(4, dtype=np.float32)])  # shapes unknown: offered
+    np.testing.assert_array_equal(y, [-2, -4])
+    assert calls == [False, True]
 
 
 def test_unsupported_operators_are_listed_together():

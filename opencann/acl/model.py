@@ -118,7 +118,7 @@ class Model:
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         """Execute on host arrays and return host arrays: the shortest way to use a model."""
-        return self.loaded.execute([np.asarray(x) for x in inputs])
+        return self.loaded.execute(inputs)  # checks and converts them
 
     def set_dynamic_batch_size(self, dataset: Dataset, index: int, batch: int) -> None:
         """Choose the batch size of the next execution (one of the sizes the model was built for)."""

@@ -15,6 +15,7 @@ from opencann.compiler.passes.cse import cse
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 from opencann.compiler.passes.fold_batchnorm import fold_batchnorm
 from opencann.compiler.passes.fold_bias import fold_bias
+from opencann.compiler.passes.fuse_attention import fuse_attention
 from opencann.compiler.passes.fuse_conv import fuse_conv, to_channels_last
 from opencann.compiler.passes.fuse_elementwise import fuse_elementwise
 from opencann.compiler.passes.fuse_patterns import fuse_patterns
@@ -90,6 +91,12 @@ def select_outputs(graph: Graph, options: BuildOptions) -> Graph:
     return graph
 
 
+def _mixed_or_fp32(options: BuildOptions) -> bool:
+    """Conv fusion's modes: fp32, or mixed precision (fused convs keep an fp32 epilogue; force_fp16 does not)."""
+    mode = MODES[options.precision_mode]
+    return mode is None or mode[1]
+
+
 PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("apply_input_shapes", apply_input_shapes),
     ("select_outputs", select_outputs),
@@ -101,8 +108,9 @@ PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("fold_bias", lambda g, o: fold_bias(g)),
     ("eliminate_dead_code", lambda g, o: eliminate_dead_code(g)),
     ("infer_shapes", lambda g, o: infer_shapes(g)),
-    ("fuse_conv", lambda g, o: to_channels_last(fuse_conv(g)) if MODES[o.precision_mode] is None else g),
-    ("fuse_patterns", lambda g, o: fuse_patterns(g, gemm_epilogues="mix" not in o.precision_mode)),
+    ("fuse_conv", lambda g, o: to_channels_last(fuse_conv(g)) if _mixed_or_fp32(o) else g),
+    ("fuse_patterns", lambda g, o: fuse_patterns(g)),
+    ("fuse_attention", lambda g, o: fuse_attention(g)),
     ("convert_precision", lambda g, o: convert_precision(g, o.precision_mode)),
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),  # last: sees final dtypes (see its docstring)
 ]

@@ -1,14 +1,27 @@
-"""Attention family (seed layer 2, NN library): Attention, RotaryEmbedding, LinearAttention, FlexAttention.
+"""Attention family (seed layer 2, NN library): Attention, RotaryEmbedding, LinearAttention, FlexAttention, and
+``opencann::Attention``, the fused scaled dot-product attention that :mod:`opencann.compiler.passes.fuse_attention`
+emits.
 
 Scores are computed in the input precision (as ONNX's function bodies do); masks become one additive
 bias of ``0``/``-inf`` terms, and a query row whose bias is ``-inf`` everywhere yields zeros, not NaN.
+
+``opencann::Attention(Q, K, V, mask?)`` computes ``softmax(scale * q @ k^T + mask) @ v`` where ``q``, ``k`` and
+``v`` are strided 4-D views (N1, N2, S, D) of the contiguous inputs, as the head-splitting Reshape/Transpose/
+Split/Gather nodes it replaces saw them: the ``*_view`` attributes are ``[offset, 4 sizes, 4 strides]`` in
+elements. The result is written through ``y_view``, a view of the same form of the contiguous output of shape
+``y_shape`` (the head-merging Transpose/Reshape). ``mask`` (additive, or boolean: True keeps) broadcasts
+against the scores (N1, N2, Sq, Sk). ``low`` (ONNX dtype code, 0 for none) rounds the products' operands
+to float16/bfloat16 (mixed precision: the matrix engine's inputs; accumulation and softmax stay float32).
+Low-precision inputs compute their softmax in float32. A query whose keys are all masked gets NaN probabilities,
+as Softmax gives, or zeros with ``zero_nan_rows`` (PyTorch's exported ``Where(IsNaN(p), 0, p)``).
 """
 import numpy as np
-from onnx import defs
+from onnx import defs, helper
 
 from opencann.compiler.dtypes import from_onnx
+from opencann.compiler.ir import TensorType
 from opencann.errors import AclError, ErrorCode
-from opencann.ops.registry import op
+from opencann.ops.registry import OPENCANN_DOMAIN, op
 
 
 def _matmul(a, b):
@@ -214,3 +227,70 @@ def flex_attention(q, k, v, *, scale=None, score_mod=None, prob_mod=None, softma
     if prob_mod is not None:
         probs = np.asarray(prob_mod(probs)[0], dtype=work)
     return np.matmul(probs, v.astype(work)).astype(v.dtype)
+
+
+# --- opencann::Attention -------------------------------------------------------------------------
+
+def _fused_schema():
+    opt = defs.OpSchema.FormalParameterOption
+    inputs = [defs.OpSchema.FormalParameter(n, "T" if n != "mask" else "M", "", param_option=o)
+              for n, o in (("Q", opt.Single), ("K", opt.Single), ("V", opt.Single), ("mask", opt.Optional))]
+    attrs = {"q_view": [0], "k_view": [0], "v_view": [0], "y_view": [0], "y_shape": [0], "scale": 1.0, "low": 0,
+             "zero_nan_rows": 0}
+    return defs.OpSchema(
+        "Attention", OPENCANN_DOMAIN, 1, "softmax(scale * q @ k^T + mask) @ v over strided head views",
+        inputs=inputs, outputs=[defs.OpSchema.FormalParameter("Y", "T", "")],
+        type_constraints=[("T", ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"], ""),
+                          ("M", ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)",
+                                 "tensor(bool)"], "")],
+        attributes=[defs.OpSchema.Attribute(k, helper.make_attribute(k, v), "") for k, v in attrs.items()])
+
+
+def _infer_fused(node):
+    q = node.inputs[0].type
+    return [TensorType(q.dtype, tuple(node.attrs["y_shape"])) if isinstance(q, TensorType) else None]
+
+
+def head_view(x: np.ndarray, spec, name: str, writeable: bool = False) -> np.ndarray:
+    """The strided (N1, N2, S, D) view ``spec`` = [offset, sizes, strides] of contiguous ``x``, bounds-checked."""
+    spec = [int(s) for s in spec]
+    if len(spec) != 9 or not x.flags.c_contiguous:
+        raise AclError(ErrorCode.INVALID_PARAM, f"opencann::Attention: bad {name} view {spec}")
+    off, shape, strides = spec[0], spec[1:5], spec[5:]
+    last = off + sum((n - 1) * s for n, s in zip(shape, strides, strict=True))
+    if off < 0 or min(shape) <= 0 or min(strides) < 0 or last >= x.size:
+        raise AclError(ErrorCode.INVALID_PARAM, f"opencann::Attention: {name} view {spec} does not fit an input "
+                                                f"of shape {x.shape}")
+    flat = x.reshape(-1)[off:]
+    return np.lib.stride_tricks.as_strided(flat, shape, [s * x.itemsize for s in strides], writeable=writeable)
+
+
+def _rounded(x: np.ndarray, low: int) -> np.ndarray:
+    return x if not low else x.astype(from_onnx(low)).astype(x.dtype)
+
+
+@op("Attention", domain=OPENCANN_DOMAIN, infer=_infer_fused, schema=_fused_schema())
+def fused_attention(q, k, v, mask=None, *, q_view, k_view, v_view, y_view, y_shape, scale=1.0, low=0,
+                    zero_nan_rows=0):
+    dtype = q.dtype
+    work = np.dtype(np.float64 if dtype == np.float64 else np.float32)
+    qh, kh, vh = (head_view(np.ascontiguousarray(x), s, n) for x, s, n in ((q, q_view, "Q"), (k, k_view, "K"),
+                                                                            (v, v_view, "V")))
+    if qh.shape[:2] != kh.shape[:2] or kh.shape[:3] != vh.shape[:3] or qh.shape[3] != kh.shape[3]:
+        raise AclError(ErrorCode.INVALID_PARAM, f"opencann::Attention: head views Q {qh.shape}, K {kh.shape}, "
+                                                f"V {vh.shape} do not match")
+    scores = np.matmul(_rounded(qh, low), np.swapaxes(_rounded(kh, low), -1, -2)).astype(dtype, copy=False)
+    scores = scores.astype(work) * work.type(scale)
+    if mask is not None:
+        scores = scores + (np.where(mask, work.type(0), work.type(-np.inf)) if mask.dtype == bool else mask)
+    with np.errstate(invalid="ignore"):  # rows masked everywhere give NaN, as Softmax does
+        e = np.exp(scores - np.max(scores, axis=-1, keepdims=True))
+    probs = (e / np.sum(e, axis=-1, keepdims=True)).astype(dtype)
+    if zero_nan_rows:
+        probs = np.where(np.isnan(probs), dtype.type(0), probs)
+    y = np.zeros(tuple(y_shape), dtype)
+    yh = head_view(y, y_view, "Y", writeable=True)
+    if yh.shape != (*qh.shape[:3], vh.shape[3]):
+        raise AclError(ErrorCode.INVALID_PARAM, f"opencann::Attention: output view {yh.shape} does not match")
+    yh[...] = np.matmul(_rounded(probs, low), _rounded(vh, low))
+    return y

@@ -1,18 +1,34 @@
 """Fast CPU kernels for 2-D convolutions and pooling, and the fused ``opencann::FusedConv``.
 
-float32 2-D convolutions are GEMMs through BLAS, in either layout. NCHW (the ``Conv`` kernel): a 1x1
-stride-1 unpadded conv is ``W[M, C] @ X[C, H*W]`` on the input itself; other kernels first gather the
-windows of a tile of output rows into a reused per-thread im2col buffer that stays in the L2 cache (a Numba
-loop, rows ordered ``(c, kh, kw)`` like the weights, so each group is a row block) and multiply ``W[M,
-C*kh*kw] @ cols`` straight into those output columns. Channels-last (``FusedConv`` with ``channels_last``,
-weights ``(kh, kw, C, M)``): ``cols[P, kh*kw*C] @ W[kh*kw*C, M]``, the im2col copying whole channel vectors
-per tap, in tiles of output rows, or of several whole images when small ones fit a tile (fewer, taller
-GEMMs); 1x1 convs multiply the batch's pixels directly, in output tiles. Depthwise convs (one channel a
-group) are a direct channels-last Numba loop, vectorised over channels (NCHW ones are transposed around
-it). Bias, a residual input and the activation are applied in one pass over each output tile while it is
-in cache. MaxPool (without indices) and AveragePool are direct Numba loops too. Other dtypes, ranks and
-attributes fall back to the reference kernels of :mod:`opencann.ops.conv` and :mod:`opencann.ops.pool`,
-which stay the oracle. The Numba kernels are serial (one thread; BLAS threads are the BLAS setting).
+float32 2-D convolutions are GEMMs through BLAS (MKL packing the weights itself: they are read once a run),
+in either layout. NCHW (the ``Conv`` kernel): a 1x1 stride-1 unpadded conv is ``W[M, C] @ X[C, H*W]`` on
+the input itself; other kernels first gather the windows of a tile of output rows into a reused per-thread
+im2col buffer that stays in the L2 cache (a Numba loop over the image split into its column phases, so
+every copy is contiguous whatever the stride; rows ordered ``(c, kh, kw)`` like the weights, so each group
+is a row block) and multiply ``W[M, C*kh*kw] @ cols`` straight into those output columns. Channels-last
+(``FusedConv`` with ``channels_last``, weights ``(kh, kw, C, M)``), measured fastest per shape on
+ResNet-18 and MobileNetV2:
+
+- 1x1 convs multiply the batch's pixels directly, in output tiles;
+- 3x3 stride-1 convs with a constant weight, at least ``WINOGRAD_CHANNELS`` channels and enough output
+  (``WINOGRAD_SIZE``, ``WINOGRAD_TILES``) run as Winograd F(2x2, 3x3): 16 GEMMs on transformed tiles,
+  2.25x fewer products (ResNet-18: 1.3x on the 14x14 layers, 1.4x on the 7x7 ones from batch 4; not at
+  56x56x64, where the transforms cost more, nor a single 7x7 image, where the weights' reading does);
+- other stride-1 convs: ``kh`` GEMMs per tile of output rows over each input row's ``kw``-wide windows
+  (a third of the im2col copying; 1.25x on 56x56x64);
+- strided ones: ``cols[P, kh*kw*C] @ W[kh*kw*C, M]``, the im2col copying whole channel vectors per tap (a
+  whole kernel row at once inside the image), in tiles of output rows, or of several whole images when
+  small ones fit a tile (fewer, taller GEMMs);
+- few-channel inputs (an RGB stem) gather NCHW windows (NHWC's runs of 3 values are slow) and multiply
+  them transposed into NHWC rows.
+
+Depthwise convs (one channel a group) are a direct channels-last Numba loop, vectorised over channels, 3x3
+windows inside the image 2-4 outputs at a time (NCHW ones are transposed around it). Bias, a residual input
+and the activation are applied in one pass over each output tile while it is in cache. MaxPool (without
+indices; channels-last on a chain's NHWC data, handed on as the same kind of view) and AveragePool are direct
+Numba loops too. Other dtypes, ranks and attributes fall back to the reference kernels of
+:mod:`opencann.ops.conv` and :mod:`opencann.ops.pool`, which stay the oracle. The Numba kernels are serial
+(one thread; BLAS threads are the BLAS setting).
 
 ``FusedConv`` is ``activation(conv(X, W, B) + Z)`` with an optional residual ``Z`` (the fuse_conv pass
 builds it from Conv, Add and activation nodes). ``activation`` is "" (none), Relu, Clip (``alpha``/``beta``
@@ -21,6 +37,7 @@ are min/max), LeakyRelu (``alpha``), Sigmoid, HardSigmoid (``alpha``, ``beta``) 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numba
 import numpy as np
@@ -30,7 +47,8 @@ from opencann.errors import AclError, ErrorCode
 from opencann.ops import activation as act_ops
 from opencann.ops import conv as ref_conv
 from opencann.ops import pool as ref_pool
-from opencann.ops.blas import sgemm
+from opencann.ops.blas import is_constant
+from opencann.ops.blas import sgemm_unpacked as sgemm  # weights are read once a run: MKL packs them best itself
 from opencann.ops.cpu_elementwise import output_buffer
 from opencann.ops.elementwise import clip as ref_clip
 from opencann.ops.registry import kernel, op
@@ -38,15 +56,25 @@ from opencann.ops.registry import kernel, op
 F32 = np.dtype(np.float32)
 ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "HardSwish": 6}
 TILE_ELEMENTS = 1 << 19  # largest im2col tile (2 MiB of float32): bigger ones are split to stay in the L2 cache
+SMALL_CHANNELS = 8  # channels-last convs of fewer input channels gather their windows from NCHW
 OUT_TILE_ELEMENTS = 1 << 18  # a 1x1 conv's output tile (1 MiB), finished by the epilogue while in the L2 cache
+WINOGRAD_CHANNELS = 128  # constant-weight 3x3 stride-1 convs of this many channels, with at least
+WINOGRAD_SIZE = 6  # this many output rows and columns and
+WINOGRAD_TILES = 32  # this many 2x2 output tiles in the batch, run as Winograd F(2x2, 3x3)
+WINOGRAD_BLOCK = 1 << 19  # the transformed inputs or outputs of a block of tile rows (2 MiB)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 _scratch = threading.local()
+_geometries: dict[tuple, tuple | None] = {}  # _geometry's answers
+_winograd_weights: dict[int, np.ndarray] = {}  # id of a constant (3, 3, C, M) weight -> its (16, C, M) transform
 
 
-def _buffer(size: int) -> np.ndarray:
-    """This thread's reusable float32 scratch of at least ``size`` elements (page faults cost more than GEMMs)."""
-    buf = getattr(_scratch, "buf", None)
+def _buffer(size: int, name: str = "buf") -> np.ndarray:
+    """This thread's reusable float32 scratch ``name`` of at least ``size`` elements (page faults cost more
+    than GEMMs)."""
+    buf = getattr(_scratch, name, None)
     if buf is None or buf.size < size:
-        buf = _scratch.buf = np.empty(max(size, 1), dtype=F32)
+        buf = np.empty(max(size, 1), dtype=F32)
+        setattr(_scratch, name, buf)
     return buf[:size]
 
 
@@ -84,31 +112,45 @@ def _activate(row, code, a, b):
             row[i] = row[i] * (1 if v > 1 else v)
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
+def _act(v, code, a, b):
+    """Activation ``code`` 1-3 (Relu, Clip, LeakyRelu) of one value, any other code: the value (NaN stays NaN)."""
+    if code == 1:
+        return np.float32(0) if v < 0 else v
+    if code == 2:
+        v = a if v < a else v
+        return b if v > b else v
+    if code == 3:
+        return v * a if v < 0 else v
+    return v
+
+
+@numba.njit(cache=True, error_model="numpy", boundscheck=False)
 def _epilogue(y, bias, res, has_res, per_row, code, a, b):
     """``act(y + bias + res)`` over a C-contiguous 2-D output tile, in place: ``bias`` runs along rows (NCHW
-    ``(M, P)``) when ``per_row``, along columns (NHWC ``(P, M)``) otherwise. The activation sweeps the tile
-    as one flat row (short NHWC rows would cost a call each)."""
-    for m in range(y.shape[0]):
-        row = y[m]
-        n = row.shape[0]
+    ``(M, P)``) when ``per_row``, along columns (NHWC ``(P, M)``) otherwise. Relu, Clip and LeakyRelu are
+    applied in the same pass; the others in a second sweep over the tile as one flat row. Plain 2-D indexing:
+    a view a row would cost a reference count each (twice the time of a 64-channel pixel's sums)."""
+    inline = code <= 3
+    c = code if inline else 0
+    rows, n = y.shape
+    for m in range(rows):
         if per_row:
             bm = bias[m]
             if has_res:
-                r = res[m]
                 for i in range(n):
-                    row[i] += bm + r[i]
+                    y[m, i] = _act(y[m, i] + bm + res[m, i], c, a, b)
             else:
                 for i in range(n):
-                    row[i] += bm
+                    y[m, i] = _act(y[m, i] + bm, c, a, b)
         elif has_res:
-            r = res[m]
             for i in range(n):
-                row[i] += bias[i] + r[i]
+                y[m, i] = _act(y[m, i] + bias[i] + res[m, i], c, a, b)
         else:
             for i in range(n):
-                row[i] += bias[i]
-    _activate(y.reshape(y.size), code, a, b)
+                y[m, i] = _act(y[m, i] + bias[i], c, a, b)
+    if not inline:
+        _activate(y.reshape(y.size), code, a, b)
 
 
 @numba.njit(cache=True)
@@ -120,18 +162,22 @@ def _col_range(out, start, step, size):
 
 
 @numba.njit(cache=True)
-def _im2col_nchw(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo):
-    """Windows of output rows ``[oh0, oh1)`` of one image ``x (C, H, W)`` into ``cols (C*kh*kw, (oh1 - oh0)*wo)``,
-    zeros for padding.
+def _im2col_nchw(phases, cols, kh, kw, sh, dh, dw, ph, pw, oh0, oh1, wo):
+    """Windows of output rows ``[oh0, oh1)`` of one image into ``cols (C*kh*kw, (oh1 - oh0)*wo)``, zeros for
+    padding. The image comes split into its column phases for column stride ``s``: ``phases (C, s, H, ceil(W /
+    s))`` with ``phases[c, r, i, q] = x[c, i, q*s + r]`` (``x[:, None]`` for stride 1), so every tap's row is a
+    contiguous copy.
 
     Loops index views from 0 (no slice assignment, no negative-index checks), so LLVM vectorises them.
     """
-    c_in, h, w = x.shape
+    c_in, sw, h, wq = phases.shape
+    w = sw * wq
     for c in range(c_in):
         for i in range(kh):
             for j in range(kw):
                 dst = cols[(c * kh + i) * kw + j]
                 off = j * dw - pw
+                r = off % sw
                 lo, hi = _col_range(wo, off, sw, w)
                 for oh in range(oh0, oh1):
                     ih = oh * sh - ph + i * dh
@@ -145,27 +191,54 @@ def _im2col_nchw(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo):
                     for k in range(hi, wo):
                         d[k] = 0
                     inside = d[lo:hi]
-                    src = x[c, ih, lo * sw + off:]
-                    if sw == 1:
-                        for k in range(hi - lo):
-                            inside[k] = src[k]
-                    else:
-                        for k in range(hi - lo):
-                            inside[k] = src[k * sw]
+                    src = phases[c, r, ih, lo + (off - r) // sw:]
+                    for k in range(hi - lo):
+                        inside[k] = src[k]
+
+
+@numba.njit(cache=True)
+def _split_columns(x, phases):
+    """``phases[c, r, i, q] = x[c, i, q*s + r]`` for ``s = phases.shape[1]``, zeros past the image's width."""
+    c_in, s, h, wq = phases.shape
+    w = x.shape[2]
+    for c in range(c_in):
+        for r in range(s):
+            for i in range(h):
+                dst, src = phases[c, r, i], x[c, i, r:]
+                n = (w - r + s - 1) // s
+                for q in range(n):
+                    dst[q] = src[q * s]
+                for q in range(n, wq):
+                    dst[q] = 0
 
 
 @numba.njit(cache=True)
 def _im2col_nhwc(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo):
-    """Windows of output rows ``[oh0, oh1)`` of one channels-last image ``x (H, W, C)`` into
-    ``cols ((oh1 - oh0) * wo, kh*kw*C)``, zeros for padding."""
+    """Windows of output rows ``[oh0, oh1)`` of one C-contiguous channels-last image ``x (H, W, C)`` into
+    ``cols ((oh1 - oh0) * wo, kh*kw*C)``, zeros for padding. A kernel row lying wholly inside the image row
+    (``dw == 1``) is one contiguous run of ``kw*C`` values (a 3-channel stem's 7x7 window: 7 runs of 21)."""
     h, w, c = x.shape
+    run = kw * c
+    flat = x.reshape(h, w * c)
     for oh in range(oh0, oh1):
         for ow in range(wo):
             row = cols[(oh - oh0) * wo + ow]
+            iw0 = ow * sw - pw
+            whole = dw == 1 and iw0 >= 0 and iw0 + kw <= w
             for i in range(kh):
                 ih = oh * sh - ph + i * dh
+                if whole:
+                    d = row[i * run:(i + 1) * run]
+                    if ih < 0 or ih >= h:
+                        for k in range(run):
+                            d[k] = 0
+                    else:
+                        src = flat[ih, iw0 * c:]
+                        for k in range(run):
+                            d[k] = src[k]
+                    continue
                 for j in range(kw):
-                    iw = ow * sw - pw + j * dw
+                    iw = iw0 + j * dw
                     d = row[(i * kw + j) * c:(i * kw + j + 1) * c]
                     if ih < 0 or ih >= h or iw < 0 or iw >= w:
                         for k in range(c):
@@ -177,9 +250,113 @@ def _im2col_nhwc(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo):
 
 
 @numba.njit(cache=True)
-def _depthwise_taps(x, w, acc, ih0, iw0, dh, dw):
-    """Add every in-bounds kernel tap of the window at ``(ih0, iw0)`` into ``acc`` (a pixel's channels)."""
+def _row_windows(x, cols, kw, ph, pw, r0, r1, wo):
+    """The ``kw``-wide stride-1 windows of window rows ``[r0, r1)`` (input row ``r - ph``) of one C-contiguous
+    channels-last image ``x (H, W, C)``: ``cols[(r - r0) * wo + ow] = x[r - ph, ow - pw:ow - pw + kw]``
+    flattened, zeros for padding."""
+    h, w, c = x.shape
+    run = kw * c
+    flat = x.reshape(h, w * c)
+    for r in range(r0, r1):
+        ih = r - ph
+        for ow in range(wo):
+            d = cols[(r - r0) * wo + ow]
+            iw0 = ow - pw
+            if ih < 0 or ih >= h:
+                for k in range(run):
+                    d[k] = 0
+            elif iw0 >= 0 and iw0 + kw <= w:
+                src = flat[ih, iw0 * c:]
+                for k in range(run):
+                    d[k] = src[k]
+            else:
+                for j in range(kw):
+                    dj = d[j * c:(j + 1) * c]
+                    if iw0 + j < 0 or iw0 + j >= w:
+                        for k in range(c):
+                            dj[k] = 0
+                    else:
+                        src = x[ih, iw0 + j]
+                        for k in range(c):
+                            dj[k] = src[k]
+
+
+@numba.njit(cache=True)
+def _winograd_input(x, v, ph, pw, th, tw, g0, g1):
+    """Winograd F(2x2, 3x3) input transform ``B^T d B`` of the 4x4 patches (zeros for padding) of tile rows
+    ``[g0, g1)`` of the channels-last batch ``x (N, H, W, C)`` (tile row ``g``: image ``g // th``, row ``g % th``)
+    into ``v (16, tiles, C)``, vectorised over channels."""
+    n, h, w, c = x.shape
+    patch = np.empty((16, c), np.float32)
+    for g in range(g0, g1):
+        img, ti = g // th, g % th
+        for tj in range(tw):
+            for a in range(4):
+                ih = 2 * ti - ph + a
+                for b in range(4):
+                    iw = 2 * tj - pw + b
+                    d = patch[a * 4 + b]
+                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        for k in range(c):
+                            d[k] = 0
+                    else:
+                        src = x[img, ih, iw]
+                        for k in range(c):
+                            d[k] = src[k]
+            t = (g - g0) * tw + tj
+            for r in range(4):  # column combinations of row r of B^T d, from its four input rows
+                p0, p1, p2, p3 = patch[r], patch[4 + r], patch[8 + r], patch[12 + r]
+                v0, v1, v2, v3 = v[r, t], v[4 + r, t], v[8 + r, t], v[12 + r, t]
+                for k in range(c):
+                    v0[k], v1[k], v2[k], v3[k] = p0[k] - p2[k], p1[k] + p2[k], p2[k] - p1[k], p1[k] - p3[k]
+            for r in range(4):  # then B^T along each row of the result, in place
+                q0, q1, q2, q3 = v[4 * r, t], v[4 * r + 1, t], v[4 * r + 2, t], v[4 * r + 3, t]
+                for k in range(c):
+                    a0, a1, a2, a3 = q0[k], q1[k], q2[k], q3[k]
+                    q0[k], q1[k], q2[k], q3[k] = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+
+
+@numba.njit(cache=True)
+def _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
+    """Winograd output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (16, tiles, M)`` into the
+    channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3; see :func:`_act`)."""
+    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    for g in range(g0, g1):
+        img, ti = g // th, g % th
+        oh = 2 * ti
+        for tj in range(tw):
+            t, ow = (g - g0) * tw + tj, 2 * tj
+            two_h, two_w = oh + 1 < ho, ow + 1 < wo
+            y00, r00 = y[img, oh, ow], res[img, oh, ow]  # a tile past the edge writes its extra outputs here
+            y01, r01 = (y[img, oh, ow + 1], res[img, oh, ow + 1]) if two_w else (y00, r00)
+            y10, r10 = (y[img, oh + 1, ow], res[img, oh + 1, ow]) if two_h else (y00, r00)
+            y11, r11 = (y[img, oh + 1, ow + 1], res[img, oh + 1, ow + 1]) if two_h and two_w else (y00, r00)
+            m0, m1, m2, m3, m4, m5, m6, m7 = mo[0, t], mo[1, t], mo[2, t], mo[3, t], mo[4, t], mo[5, t], mo[6, t], \
+                mo[7, t]
+            m8, m9, m10, m11, m12, m13, m14, m15 = mo[8, t], mo[9, t], mo[10, t], mo[11, t], mo[12, t], mo[13, t], \
+                mo[14, t], mo[15, t]
+            for k in range(m):
+                s0, s1 = m0[k] + m4[k] + m8[k], m1[k] + m5[k] + m9[k]
+                s2, s3 = m2[k] + m6[k] + m10[k], m3[k] + m7[k] + m11[k]
+                d0, d1 = m4[k] - m8[k] - m12[k], m5[k] - m9[k] - m13[k]
+                d2, d3 = m6[k] - m10[k] - m14[k], m7[k] - m11[k] - m15[k]
+                bk = bias[k]
+                q00, q01, q10, q11 = s0 + s1 + s2 + bk, s1 - s2 - s3 + bk, d0 + d1 + d2 + bk, d1 - d2 - d3 + bk
+                if has_res:
+                    q00, q01, q10, q11 = q00 + r00[k], q01 + r01[k], q10 + r10[k], q11 + r11[k]
+                y11[k] = _act(q11, code, a, b)  # y00 last: it stands in for the missing ones
+                y10[k] = _act(q10, code, a, b)
+                y01[k] = _act(q01, code, a, b)
+                y00[k] = _act(q00, code, a, b)
+
+
+@numba.njit(cache=True, error_model="numpy", boundscheck=False)
+def _depthwise_taps(x, w, bias, y, oh, ow, ih0, iw0, dh, dw):
+    """``y[oh, ow] = bias +`` every in-bounds kernel tap of the window at ``(ih0, iw0)`` (plain indexing: no views,
+    whose reference counts cost more than a pixel's sums)."""
     h, wd, c = x.shape
+    for k in range(c):
+        y[oh, ow, k] = bias[k]
     for i in range(w.shape[0]):
         ih = ih0 + i * dh
         if ih < 0 or ih >= h:
@@ -188,45 +365,85 @@ def _depthwise_taps(x, w, acc, ih0, iw0, dh, dw):
             iw = iw0 + j * dw
             if iw < 0 or iw >= wd:
                 continue
-            src, wv = x[ih, iw], w[i, j]
             for k in range(c):
-                acc[k] += wv[k] * src[k]
+                y[oh, ow, k] += w[i, j, k] * x[ih, iw, k]
+
+
+@numba.njit(inline="always")
+def _window3(x, ih, iw, k, v, s):
+    """``s +`` the 3x3 window at ``(ih, iw)`` of channel ``k`` times the nine weights ``v``, as one chain of
+    multiply-adds."""
+    s = s + v[0] * x[ih, iw, k] + v[1] * x[ih, iw + 1, k] + v[2] * x[ih, iw + 2, k]
+    s = s + v[3] * x[ih + 1, iw, k] + v[4] * x[ih + 1, iw + 1, k] + v[5] * x[ih + 1, iw + 2, k]
+    return s + v[6] * x[ih + 2, iw, k] + v[7] * x[ih + 2, iw + 1, k] + v[8] * x[ih + 2, iw + 2, k]
+
+
+@numba.njit(inline="always")
+def _group(sw):
+    """How many outputs of column stride ``sw`` :func:`_depthwise3_row` computes at once (the most that LLVM still
+    vectorises over the channels)."""
+    return 4 if sw == 1 else 3 if sw == 2 else 2
+
+
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
+def _depthwise3_row(x, w, bias, y, oh, ih, ow0, ow1, sw, pw):
+    """``y[oh, ow0:ow1] = bias +`` the 3x3 depthwise windows of input rows ``ih..ih+2`` (all inside the image),
+    ``ow1 - ow0`` a multiple of :func:`_group`: each channel's nine weights are loaded once for that many outputs,
+    which share their inputs at strides 1 and 2. Plain indexing (no views: their reference counts cost
+    more than the sums) and few distinct arrays keep the channel loops vectorised."""
+    for ow in range(ow0, ow1, _group(sw)):
+        i0 = ow * sw - pw
+        if sw == 1:
+            for k in range(x.shape[2]):
+                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
+                     w[2, 2, k])
+                bk = bias[k]
+                s0, s1 = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i0 + 1, k, v, bk)
+                s2, s3 = _window3(x, ih, i0 + 2, k, v, bk), _window3(x, ih, i0 + 3, k, v, bk)
+                y[oh, ow, k], y[oh, ow + 1, k], y[oh, ow + 2, k], y[oh, ow + 3, k] = s0, s1, s2, s3
+        elif sw == 2:
+            for k in range(x.shape[2]):
+                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
+                     w[2, 2, k])
+                bk = bias[k]
+                s0, s1 = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i0 + 2, k, v, bk)
+                s2 = _window3(x, ih, i0 + 4, k, v, bk)
+                y[oh, ow, k], y[oh, ow + 1, k], y[oh, ow + 2, k] = s0, s1, s2
+        else:
+            i1 = i0 + sw
+            for k in range(x.shape[2]):
+                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
+                     w[2, 2, k])
+                bk = bias[k]
+                y[oh, ow, k], y[oh, ow + 1, k] = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i1, k, v, bk)
 
 
 @numba.njit(cache=True)
 def _depthwise_nhwc(x, w, bias, y, res, has_res, sh, sw, dh, dw, ph, pw, code, a, b):
     """Direct depthwise conv of one channels-last image: ``x (H, W, C)``, ``w (kh, kw, C)`` -> ``y (ho, wo, C)``.
 
-    The inner loops run over the channels (contiguous), whatever the stride; inside the image a 3x3
-    window is one sum of nine products per channel (kept in a register); the epilogue is fused.
+    The inner loops run over the channels (contiguous), whatever the stride; inside the image, undilated 3x3
+    windows go through :func:`_depthwise3_row` in groups of outputs, the others tap by tap. The residual and
+    the activation are added over each output row once it is done.
     """
     h, wd, c = x.shape
-    kh, kw = w.shape[0], w.shape[1]
     ho, wo = y.shape[0], y.shape[1]
-    three = kh == 3 and kw == 3 and dh == 1 and dw == 1
+    three = w.shape[0] == 3 and w.shape[1] == 3 and dh == 1 and dw == 1
+    lo, hi = _col_range(wo, -pw, sw, wd - 2)  # outputs whose windows' columns lie inside the image
+    group = _group(sw)
     for oh in range(ho):
         ih = oh * sh - ph
+        inner = lo + (hi - lo) // group * group if three and ih >= 0 and ih + 2 < h else lo
+        _depthwise3_row(x, w, bias, y, oh, ih, lo, inner, sw, pw)
         for ow in range(wo):
-            iw = ow * sw - pw
-            acc = y[oh, ow]
-            if three and ih >= 0 and ih + 2 < h and iw >= 0 and iw + 2 < wd:
-                r0, r1, r2 = x[ih], x[ih + 1], x[ih + 2]
-                x0, x1, x2, x3, x4, x5 = r0[iw], r0[iw + 1], r0[iw + 2], r1[iw], r1[iw + 1], r1[iw + 2]
-                x6, x7, x8 = r2[iw], r2[iw + 1], r2[iw + 2]
-                w0, w1, w2, w3, w4, w5 = w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2]
-                w6, w7, w8 = w[2, 0], w[2, 1], w[2, 2]
-                for k in range(c):
-                    acc[k] = (bias[k] + w0[k] * x0[k] + w1[k] * x1[k] + w2[k] * x2[k] + w3[k] * x3[k]
-                              + w4[k] * x4[k] + w5[k] * x5[k] + w6[k] * x6[k] + w7[k] * x7[k] + w8[k] * x8[k])
-            else:
-                for k in range(c):
-                    acc[k] = bias[k]
-                _depthwise_taps(x, w, acc, ih, iw, dh, dw)
-            if has_res:
-                r = res[oh, ow]
-                for k in range(c):
-                    acc[k] += r[k]
-            _activate(acc, code, a, b)
+            if ow < lo or ow >= inner:
+                _depthwise_taps(x, w, bias, y, oh, ow, ih, ow * sw - pw, dh, dw)
+        row = y[oh].reshape(wo * c)
+        if has_res:
+            r = res[oh].reshape(wo * c)
+            for k in range(wo * c):
+                row[k] += r[k]
+        _activate(row, code, a, b)
 
 
 @numba.njit(cache=True)
@@ -300,6 +517,27 @@ def _pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, is_max, lim_h, lim_w, include_pa
 
 
 @numba.njit(cache=True)
+def _max_pool_nhwc(x, y, kh, kw, sh, sw, dh, dw, ph, pw):
+    """Max pooling of one channels-last image ``x (H, W, C)`` into ``y (ho, wo, C)``, vectorised over channels."""
+    h, w, c = x.shape
+    for oh in range(y.shape[0]):
+        for ow in range(y.shape[1]):
+            acc = y[oh, ow]
+            for k in range(c):
+                acc[k] = -np.inf
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                for j in range(kw):
+                    iw = ow * sw - pw + j * dw
+                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
+                        continue
+                    src = x[ih, iw]
+                    for k in range(c):
+                        v, m = src[k], acc[k]
+                        acc[k] = v if (v > m or v != v) else m
+
+
+@numba.njit(cache=True)
 def _split_phases(plane, phases):
     """``phases[r, i, q] = plane[i, q * s + r]`` for stride ``s = len(phases)``: strided taps become contiguous."""
     s = phases.shape[0]
@@ -314,14 +552,21 @@ def _split_phases(plane, phases):
 # --- convolution ----------------------------------------------------------------------------------
 
 def _geometry(spatial, kernel, auto_pad, dilations, pads, strides):
-    """``(strides, dilations, begin pads, output size)`` of a 2-D conv, or None when the fast path does not apply."""
-    strides, dilations = list(strides or [1, 1]), list(dilations or [1, 1])
+    """``(strides, dilations, begin pads, output size)`` of a 2-D conv, or None when the fast path does not apply;
+    remembered per shapes and attributes (a model's convs ask the same every run)."""
+    key = (tuple(spatial), tuple(kernel), auto_pad,
+           *(None if v is None else tuple(v) for v in (dilations, pads, strides)))
+    if key in _geometries:
+        return _geometries[key]
+    strides, dilations = tuple(strides or (1, 1)), tuple(dilations or (1, 1))
     begin, end = ref_conv.conv_pads(auto_pad, pads, spatial, kernel, strides, dilations)
-    out = [(size + b + e - (k - 1) * d - 1) // s + 1
-           for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begin, end, strict=True)]
-    if min(out) <= 0 or min(begin) < 0 or min(end) < 0:
-        return None
-    return strides, dilations, begin, out
+    out = tuple((size + b + e - (k - 1) * d - 1) // s + 1
+                for size, k, s, d, b, e in zip(spatial, kernel, strides, dilations, begin, end, strict=True))
+    geom = None if min(out) <= 0 or min(begin) < 0 or min(end) < 0 else (strides, dilations, tuple(begin), out)
+    if len(_geometries) >= 4096:
+        _geometries.clear()
+    _geometries[key] = geom
+    return geom
 
 
 def _check_groups(c, m, cg, group):
@@ -354,6 +599,16 @@ def _nchw_array(x: np.ndarray) -> np.ndarray:
     return _to_nchw(x.transpose(0, 2, 3, 1))
 
 
+def _columns(xi: np.ndarray, sw: int) -> np.ndarray:
+    """A C-contiguous NCHW image as :func:`_im2col_nchw` reads it: split into its ``sw`` column phases."""
+    if sw == 1:
+        return xi[:, None]
+    c, h, w = xi.shape
+    phases = _buffer(c * sw * h * -(-w // sw), "phases").reshape(c, sw, h, -(-w // sw))
+    _split_columns(xi, phases)
+    return phases
+
+
 def _fast_nchw(x, w, b, z, geom, group, code, a, bb, out=None):
     """The float32 NCHW conv with its epilogue: depthwise through the channels-last kernel, else GEMMs."""
     (sh, sw), (dh, dw), (ph, pw), (ho, wo) = geom
@@ -372,13 +627,14 @@ def _fast_nchw(x, w, b, z, geom, group, code, a, bb, out=None):
     rows = ho if direct else -(-ho // max(1, -(-p * k * group // TILE_ELEMENTS)))  # equal tiles of output rows
     for i in range(n):
         yi = y[i].reshape(m, p)
+        phases = None if direct else _columns(x[i], sw)
         for oh0 in range(0, ho, rows):
             p0, p1 = oh0 * wo, min(oh0 + rows, ho) * wo
             if direct:
                 src = x[i].reshape(c, p)
             else:
                 src = _buffer(c * kh * kw * (p1 - p0)).reshape(c * kh * kw, p1 - p0)
-                _im2col_nchw(x[i], src, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh0 + (p1 - p0) // wo, wo)
+                _im2col_nchw(phases, src, kh, kw, sh, dh, dw, ph, pw, oh0, oh0 + (p1 - p0) // wo, wo)
             for g in range(group):
                 sgemm(w2[g], src[g * k:(g + 1) * k], yi[g * mg:(g + 1) * mg, p0:p1])
         _epilogue(yi, bias, res[i].reshape(m, p), z is not None, True, code, np.float32(a), np.float32(bb))
@@ -396,13 +652,15 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
         y = _fast_nchw(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), b, zc, geom, group, code, a, bb)
         return np.ascontiguousarray(y.transpose(0, 2, 3, 1))
     bias, y, res = _prepare(b, z, m, (n, ho, wo, m), out)
-    x = np.ascontiguousarray(x)
+    x = x if c < SMALL_CHANNELS and group == 1 else np.ascontiguousarray(x)
     a, bb, has_res = np.float32(a), np.float32(bb), z is not None
     if group > 1:
         wc = np.ascontiguousarray(w).reshape(kh, kw, m)
         for i in range(n):
             _depthwise_nhwc(x[i], wc, bias, y[i], res[i], has_res, sh, sw, dh, dw, ph, pw, code, a, bb)
         return y
+    if c < SMALL_CHANNELS:
+        return _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb)
     p, k = ho * wo, kh * kw * c
     w2 = np.ascontiguousarray(w).reshape(k, m)
     if kh == kw == sh == sw == 1 and ph == pw == 0 and (ho, wo) == (h, wd):
@@ -413,8 +671,13 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
             sgemm(xs[p0:p0 + step], w2, yt)
             _epilogue(yt, bias, rs[p0:p0 + step], has_res, False, code, a, bb)
         return y
+    if kh == kw == 3 and sh == sw == dh == dw == 1 and c >= WINOGRAD_CHANNELS and min(ho, wo) >= WINOGRAD_SIZE \
+            and n * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_TILES and is_constant(w):
+        return _nhwc_winograd(x, _winograd_weight(w), bias, y, res, has_res, (ph, pw), code, a, bb)
     if p * k <= TILE_ELEMENTS // 2:  # small images: the windows of several images in a tile, one GEMM
         return _nhwc_images(x, w2, bias, y, res, has_res, (kh, kw, sh, sw, dh, dw, ph, pw, ho, wo), code, a, bb)
+    if sh == sw == dh == dw == 1:
+        return _nhwc_row_windows(x, w, bias, y, res, has_res, (ph, pw, ho, wo), code, a, bb)
     rows = -(-ho // max(1, -(-p * k // TILE_ELEMENTS)))  # equal tiles of output rows, each's windows in a tile
     cols = _buffer(rows * wo * k).reshape(rows * wo, k)
     for i in range(n):
@@ -424,6 +687,86 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
             _im2col_nhwc(x[i], tile, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo)
             yt = y[i, oh0:oh1].reshape(-1, m)
             sgemm(tile, w2, yt)
+            _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+    return y
+
+
+def _nhwc_row_windows(x, w, bias, y, res, has_res, geom, code, a, bb):
+    """The channels-last stride-1 conv as ``kh`` GEMMs per tile of output rows over the input rows' ``kw``-wide
+    windows (a third of a 3x3 im2col's copying): kernel row ``i`` of output row ``oh`` reads window row
+    ``oh + i``, a row block of the same buffer, and its GEMM adds into the output tile."""
+    ph, pw, ho, wo = geom
+    kh, kw, c, m = w.shape
+    wr = np.ascontiguousarray(w).reshape(kh, kw * c, m)
+    rows = max(1, TILE_ELEMENTS // (wo * kw * c) - kh + 1)
+    rows = -(-ho // -(-ho // rows))  # equal tiles of output rows, each's window rows in a tile
+    cols = _buffer((rows + kh - 1) * wo * kw * c).reshape(-1, kw * c)
+    for i in range(x.shape[0]):
+        for oh0 in range(0, ho, rows):
+            oh1 = min(oh0 + rows, ho)
+            _row_windows(x[i], cols, kw, ph, pw, oh0, oh1 + kh - 1, wo)
+            yt = y[i, oh0:oh1].reshape(-1, m)
+            for r in range(kh):
+                sgemm(cols[r * wo:(r + oh1 - oh0) * wo], wr[r], yt, beta=float(r > 0))
+            _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+    return y
+
+
+def _winograd_weight(w: np.ndarray) -> np.ndarray:
+    """The Winograd transform ``G g G^T`` of a constant ``(3, 3, C, M)`` weight as ``(16, C, M)``, made once."""
+    u = _winograd_weights.get(id(w))
+    if u is None:
+        g = _WINOGRAD_G
+        u = np.einsum("ai,ijcm,bj->abcm", g, w.astype(np.float64), g).reshape(16, *w.shape[2:]).astype(F32)
+        _winograd_weights[id(w)] = u
+        weakref.finalize(w, _winograd_weights.pop, id(w), None)
+    return u
+
+
+def _slabs(size: int, name: str) -> np.ndarray:
+    """A ``(16, size)`` scratch whose rows start a cache line apart from any 4 KiB multiple (no set conflicts)."""
+    return _buffer(16 * (size + 16), name).reshape(16, size + 16)[:, :size]
+
+
+def _nhwc_winograd(x, u, bias, y, res, has_res, pads, code, a, bb):
+    """The channels-last 3x3 stride-1 conv as Winograd F(2x2, 3x3): per block of 2x2-output tile rows (of the
+    whole batch), the input transform, 16 GEMMs ``V[k] @ U[k]`` and the output transform with the epilogue."""
+    n, c = x.shape[0], x.shape[3]
+    ho, wo, m = y.shape[1:]
+    th, tw = -(-ho // 2), -(-wo // 2)
+    rows = max(1, WINOGRAD_BLOCK // (16 * tw * max(c, m)))
+    v = _slabs(rows * tw * c, "winograd_in").reshape(16, rows * tw, c)
+    mo = _slabs(rows * tw * m, "winograd_out").reshape(16, rows * tw, m)
+    inline = code if code <= 3 else 0
+    for g0 in range(0, n * th, rows):
+        g1 = min(g0 + rows, n * th)
+        t = (g1 - g0) * tw
+        _winograd_input(x, v, *pads, th, tw, g0, g1)
+        for k in range(16):
+            sgemm(v[k, :t], u[k], mo[k, :t])
+        _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, inline, a, bb)
+    if code > 3:
+        _activate(y.reshape(y.size), code, a, bb)
+    return y
+
+
+def _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb):
+    """The channels-last conv of a few-channel input (an RGB stem): NCHW windows (contiguous row copies;
+    NHWC's per-tap runs of 3 values are slow), multiplied transposed into NHWC output rows."""
+    (sh, sw), (dh, dw), (ph, pw), (ho, wo) = geom
+    kh, kw, c, m = w.shape
+    k = c * kh * kw
+    w2 = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(k, m)  # rows (c, kh, kw) like the windows
+    xc = _nchw_array(x.transpose(0, 3, 1, 2))
+    rows = -(-ho // max(1, -(-ho * wo * k // TILE_ELEMENTS)))  # equal tiles of output rows
+    for i in range(x.shape[0]):
+        phases = _columns(xc[i], sw)
+        for oh0 in range(0, ho, rows):
+            oh1 = min(oh0 + rows, ho)
+            cols = _buffer(k * (oh1 - oh0) * wo).reshape(k, (oh1 - oh0) * wo)
+            _im2col_nchw(phases, cols, kh, kw, sh, dh, dw, ph, pw, oh0, oh1, wo)
+            yt = y[i, oh0:oh1].reshape(-1, m)
+            sgemm(cols, w2, yt, trans_a=True)
             _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
@@ -445,7 +788,10 @@ def _nhwc_images(x, w2, bias, y, res, has_res, geom, code, a, bb):
 
 
 def _is_f32(*arrays) -> bool:
-    return all(v is None or v.dtype == F32 for v in arrays)
+    for v in arrays:
+        if v is not None and v.dtype != F32:
+            return False
+    return True
 
 
 @kernel("Conv", "cpu")
@@ -544,6 +890,11 @@ def _pool_fast(x, kernel_shape, strides, pads, dilations, auto_pad, ceil_mode, i
     if min(out) <= 0:
         return None
     n, c, h, w = x.shape
+    if is_max and not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous:  # a channels-last chain's
+        y = np.empty((n, *out, c), dtype=F32)  # value: pooled channels-last, handed on as the same kind of view
+        for i in range(n):
+            _max_pool_nhwc(x[i].transpose(1, 2, 0), y[i], *kernel_shape, *strides, *dilations, *begin)
+        return y.transpose(0, 3, 1, 2)
     y = np.empty((n, c, *out), dtype=F32)
     _pool(_nchw_array(x).reshape(n * c, h, w), y.reshape(n * c, *out), *kernel_shape, *strides, *dilations,
           *begin, is_max, h + end[0], w + end[1], bool(include_pad))

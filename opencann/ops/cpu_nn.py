@@ -3,9 +3,9 @@
 Float32 products go to BLAS through :func:`opencann.ops.blas.sgemm` (oneMKL, NumPy's BLAS as fallback) into
 the planned output buffer (an N-D x 2-D product is one 2-D sgemm); row-wise LayerNorm, GELU and the bias +
 activation epilogues (applied in place on the GEMM output) are serial Numba loops (erf as a branch-free
-float32 approximation, so that they vectorize), compiled on first use and cached on disk; softmax runs in
-place with NumPy's SIMD ``exp``. Other dtypes and layouts fall back to the reference kernels, which also
-define the fused operators' semantics.
+float32 approximation, so that they vectorize), compiled on first use and cached on disk; softmax shifts short
+rows in Numba and exponentiates with NumPy's SIMD ``exp``. Other dtypes and layouts fall back to the reference
+kernels, which also define the fused operators' semantics.
 
 Fused operators (emitted by :mod:`opencann.compiler.passes.fuse_patterns`):
 
@@ -13,7 +13,9 @@ Fused operators (emitted by :mod:`opencann.compiler.passes.fuse_patterns`):
 * ``FusedGemm(A, B, C?)``: ONNX Gemm, then ``act``;
 * ``SkipLayerNormalization(X, Skip?, gamma, beta?, bias?)``: LayerNorm over the last axis of ``X + Skip + bias``,
   with ONNX Runtime's outputs (Y, Mean, InvStdDev, the sum); without Skip, a LayerNorm for any opset;
-* ``Gelu(X)``: ONNX's Gelu (opset 20) for graphs of older opsets.
+* ``Gelu(X)``: ONNX's Gelu (opset 20) for graphs of older opsets;
+* ``SoftmaxGrad(dY, Y)``: ``(dY - sum(dY * Y)) * Y`` over the last axis, the gradient of ``Y = Softmax(X)`` (what the
+  TensorFlow importer makes of TensorFlow's gradient of a Softmax).
 
 ``act`` is the ``activation`` attribute: none, relu, gelu (erf), gelu_tanh, tanh, sigmoid, or softmax over the
 last axis (attention's scores: ``softmax(alpha * Q @ K^T + bias)`` in one kernel).
@@ -38,6 +40,7 @@ F32 = np.dtype(np.float32)
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "softmax")
 _FLOATS = ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"]
 _REDUCE = {"reassoc", "contract"}  # lets Numba vectorize the row sums
+SHORT_ROW = 256  # softmax rows shorter than this find their maximum in Numba
 
 
 # --- schemas and shape inference ------------------------------------------------------------------
@@ -149,6 +152,13 @@ def gelu_any_opset(x, *, approximate="none"):
     return gelu(x, approximate=approximate)
 
 
+@op("SoftmaxGrad", domain=OPENCANN_DOMAIN, infer=_infer_same, schema=_schema(
+    "SoftmaxGrad", "(dY - sum(dY * Y, last axis)) * Y: the input gradient of Y = Softmax(X) over the last axis",
+    "dY Y", "dX"))
+def softmax_grad(dy, y):
+    return ((dy - (dy * y).sum(axis=-1, keepdims=True)) * y).astype(dy.dtype, copy=False)
+
+
 # --- Numba loops (float32, serial) ---------------------------------------------------------------
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -228,6 +238,43 @@ def _layer_norm_rows(x, gamma, beta, eps, y, mean, inv_std):
         inv_std[i] = rf
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _shift_rows(x, y):
+    """``y = x - max(x)`` per row (a NaN in a row makes it all NaN downstream, as NumPy's max does)."""
+    for i in range(x.shape[0]):
+        row, out = x[i], y[i]
+        m = row[0]
+        for j in range(1, row.shape[0]):
+            m = max(m, row[j])
+        for j in range(row.shape[0]):
+            out[j] = row[j] - m
+
+
+@numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
+def _normalize_rows(y):
+    """Divide each row of ``y`` by its sum, in place."""
+    for i in range(y.shape[0]):
+        row = y[i]
+        s = np.float32(0.0)
+        for j in range(row.shape[0]):
+            s += row[j]
+        inv = np.float32(1.0) / s
+        for j in range(row.shape[0]):
+            row[j] *= inv
+
+
+@numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
+def _softmax_grad_rows(dy, y, dx):
+    """``dx = (dy - sum(dy * y)) * y`` per row (``dx`` may be ``dy``: each element is read before it is written)."""
+    for i in range(dy.shape[0]):
+        g, p, out = dy[i], y[i], dx[i]
+        s = np.float32(0.0)
+        for j in range(g.shape[0]):
+            s += g[j] * p[j]
+        for j in range(g.shape[0]):
+            out[j] = (g[j] - s) * p[j]
+
+
 # --- fast kernels --------------------------------------------------------------------------------
 
 def _finish(y2d: np.ndarray, bias_row: np.ndarray, alpha: float, activation: str) -> None:
@@ -242,12 +289,18 @@ def _finish(y2d: np.ndarray, bias_row: np.ndarray, alpha: float, activation: str
     _softmax_rows(y2d)
 
 
-def _softmax_rows(y2d: np.ndarray) -> None:
-    """Softmax of each row, in place (the row maximum is subtracted first; rows of -inf give NaN)."""
-    with np.errstate(invalid="ignore"):
-        np.subtract(y2d, y2d.max(axis=1, keepdims=True), out=y2d)
+def _softmax_rows(y2d: np.ndarray, x2d: np.ndarray | None = None) -> None:
+    """Softmax of each row of ``x2d`` (default: ``y2d`` itself) into ``y2d`` (the row maximum is subtracted first;
+    rows of -inf give NaN). Short rows (attention scores) shift in one Numba pass, long ones through NumPy's SIMD
+    ``max``; ``exp`` is NumPy's SIMD one either way (Numba's is a scalar call per element)."""
+    x2d = y2d if x2d is None else x2d
+    if y2d.shape[1] < SHORT_ROW:
+        _shift_rows(x2d, y2d)
+    else:
+        with np.errstate(invalid="ignore"):
+            np.subtract(x2d, x2d.max(axis=1, keepdims=True), out=y2d)
     np.exp(y2d, out=y2d)
-    np.divide(y2d, y2d.sum(axis=1, keepdims=True), out=y2d)
+    _normalize_rows(y2d)
 
 
 def _f32(*arrays) -> bool:
@@ -276,6 +329,8 @@ def _bias_row(bias: np.ndarray | None, n: int) -> np.ndarray | None:
     """``bias`` as a contiguous (n,) row when it broadcasts as one (zeros for no bias), else None."""
     if bias is None:
         return np.zeros(n, F32)
+    if bias.shape == (n,) and bias.flags.c_contiguous:  # the usual bias, as it is (~0.3 us less)
+        return bias
     if bias.size == n and (bias.ndim == 0 or bias.shape[-1] == n):
         return np.ascontiguousarray(bias.reshape(n))
     return np.full(n, bias.reshape(()), F32) if bias.size == 1 else None
@@ -299,13 +354,20 @@ def fused_matmul_cpu(a, b, bias=None, *, alpha=1.0, activation="none", out=None)
 
 @kernel("FusedGemm", "cpu", domain=OPENCANN_DOMAIN)
 def fused_gemm_cpu(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, activation="none", out=None):
+    return _fused_gemm(a, b, c, alpha, beta, transA, transB, activation, out)
+
+
+def _fused_gemm(a, b, c, alpha, beta, transA, transB, activation, out):
     if not _f32(a, b, c) or a.ndim != 2 or b.ndim != 2 or activation not in ACTIVATIONS or not a.size or not b.size:
         return fused_gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB, activation=activation)
-    a, b = (a.T if transA else a), (b.T if transB else b)
-    if a.shape[1] != b.shape[0]:
-        raise AclError(ErrorCode.INVALID_PARAM, f"FusedGemm shapes {a.shape} and {b.shape} do not multiply")
-    y = output_buffer(out, (a.shape[0], b.shape[1]))
-    sgemm(a, b, y)
+    a = a.T if transA else a
+    k, n = b.shape[::-1] if transB else b.shape
+    if a.shape[1] != k:
+        raise AclError(ErrorCode.INVALID_PARAM, f"FusedGemm shapes {a.shape} and {(k, n)} do not multiply")
+    y = output_buffer(out, (a.shape[0], n))
+    sgemm(a, b, y, trans_b=bool(transB))  # a constant transposed b: through its row-major copy
+    if (c is None or beta == 0.0) and alpha == 1.0 and activation == "none":
+        return y
     row = _bias_row(None if c is None or beta == 0.0 else c, y.shape[1])
     if row is None:  # a full (M, N) C
         np.multiply(y, np.float32(alpha), out=y)
@@ -321,7 +383,7 @@ def fused_gemm_cpu(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, act
 def gemm_cpu(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=1, out=None):
     if not broadcast and c is not None:
         return gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB, broadcast=broadcast)
-    return fused_gemm_cpu(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB, out=out)
+    return _fused_gemm(a, b, c, alpha, beta, transA, transB, "none", out)
 
 
 def _gelu_cpu(x, *, approximate="none"):
@@ -338,12 +400,23 @@ kernel("Gelu", "cpu", domain=OPENCANN_DOMAIN)(_gelu_cpu)
 
 
 @kernel("Softmax", "cpu", since=13)
-def softmax_cpu(x, *, axis=-1):
+def softmax_cpu(x, *, axis=-1, out=None):
     if not _f32(x) or x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.shape[-1] == 0:
         return softmax(x, axis=axis)
-    y = np.array(x, order="C")
-    _softmax_rows(y.reshape(-1, x.shape[-1]))
+    x = np.ascontiguousarray(x)
+    y = output_buffer(out, x.shape)
+    _softmax_rows(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
     return y
+
+
+@kernel("SoftmaxGrad", "cpu", domain=OPENCANN_DOMAIN)
+def softmax_grad_cpu(dy, y, out=None):
+    if not _f32(dy, y) or dy.shape != y.shape or dy.ndim == 0 or dy.size == 0:
+        return softmax_grad(dy, y)
+    dy, y, n = np.ascontiguousarray(dy), np.ascontiguousarray(y), dy.shape[-1]
+    dx = output_buffer(out, dy.shape)
+    _softmax_grad_rows(dy.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n))
+    return dx
 
 
 def _normalize(s: np.ndarray, gamma, beta, epsilon: float):

@@ -1,36 +1,98 @@
-"""Fast CPU kernels for TensorFlow-domain training ops: 2-D convolution gradients, MaxPoolGrad, ReluGrad and
-the fused optimizer updates.
+"""Fast CPU kernels for TensorFlow-domain training ops: 2-D convolution (TFConv) and its gradients, max
+pooling (TFMaxPool) and its gradient, fused batch norm and its gradient, BiasAddGrad, ReluGrad, stateless
+uniform random floats (dropout masks) and the fused optimizer updates.
 
 The reference kernels of :mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops` and
 :mod:`opencann.ops.tf_training` stay the oracle and the fallback (other dtypes, ranks, grouped and depthwise
-filters, broadcast operands). float32 2-D convolution gradients work
-channels-last: a Numba loop gathers the input windows into a reused ``(N*Ho*Wo, kh*kw*C)`` im2col buffer
-(columns in the filter's ``(kh, kw, C)`` order) and the filter gradient is one BLAS product
-``cols.T @ dy``; the input gradient is the product ``dy @ W.T`` scatter-added back by a Numba col2im.
-MaxPoolGrad is a direct Numba loop routing each window's gradient to its first maximum, as TensorFlow's
-CPU kernel does; ReluGrad one pass. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...) compute
-the new variable and slots in one Numba pass, element by element in the reference's float32 operation
-order, instead of a NumPy temporary per operation. The Numba kernels are serial (one thread).
+filters, broadcast operands). float32 2-D convolutions work channels-last with TF's ``(kh, kw, C, M)``
+filters: a Numba loop gathers the input windows into a reused im2col buffer, rows ``(n, oh, ow)`` by columns
+``(i, j, c)`` (the filter's order), or tap-major (the transpose) for inputs of few channels, where it copies
+runs of output columns; the forward conv is one BLAS product ``cols @ W`` and the filter gradient
+``cols.T @ dy``; the input gradient is ``dy @ W.T`` scatter-added back by a Numba col2im. Max pooling and
+MaxPoolGrad are direct Numba loops over NHWC windows, vectorized over channels; MaxPoolGrad routes each window's
+gradient to its first maximum, as TensorFlow's CPU kernel does. BiasAddGrad sums blocks of rows in float32 and
+the blocks in float64; fused batch norm takes per-channel statistics in two float64-accumulated passes and
+normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for bit the reference's (and
+TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...) compute the new variable
+and slots in one Numba pass, element by element in the reference's float32 operation order, instead of a NumPy
+temporary per operation. The Numba kernels are serial (one thread).
 """
 from __future__ import annotations
+
+import threading
 
 import numba
 import numpy as np
 
-from opencann.ops import tf_nn, tf_ops, tf_training
+from opencann.ops import tf_nn, tf_ops, tf_stateless, tf_training
 from opencann.ops.blas import sgemm
-from opencann.ops.cpu_conv import _buffer, _im2col_nhwc
 from opencann.ops.registry import kernel
 
 F32 = np.dtype(np.float32)
 DOMAIN = "opencann"
+FEW_CHANNELS = 4  # at most this many input channels: convolutions gather their windows tap-major
+TILE_ELEMENTS = 1 << 22  # the largest im2col buffer (16 MiB of float32): bigger batches go by groups of images
+SUM_BLOCK = 256  # rows per float32 partial sum of BiasAddGrad
+FLOAT = 1  # ONNX's float32 type code
+_local = threading.local()
+# Philox-4x32-10 constants as uint64 (Numba keeps uint64 arithmetic uint64; the words stay below 2**32)
+_MASK32, _SHIFT32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_KEY0, _KEY1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_MANTISSA, _ONE_BITS = np.uint64(0x7FFFFF), np.uint64(0x3F800000)
 
 
+def _scratch(size: int) -> np.ndarray:
+    """This thread's reusable float32 scratch of at least ``size`` elements (fresh pages cost more than GEMMs)."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(max(size, 1), F32)
+    return buf[:size]
+
+
+@numba.njit(cache=True)
 def _im2col(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
-    """Windows of NHWC ``x`` into rows ``(n, oh, ow)`` x columns ``(i, j, c)`` (the forward conv's loop per image)."""
-    per = ho * wo
-    for b in range(x.shape[0]):
-        _im2col_nhwc(x[b], cols[b * per:(b + 1) * per], kh, kw, sh, sw, dh, dw, ph, pw, 0, ho, wo)
+    """Windows of NHWC ``x`` into rows ``(n, oh, ow)`` x columns ``(i, j, c)``, zeros for padding."""
+    n, h, w, c = x.shape
+    r = 0
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                row = cols[r]
+                for i in range(kh):
+                    ih = oh * sh - ph + i * dh
+                    for j in range(kw):
+                        iw = ow * sw - pw + j * dw
+                        k = (i * kw + j) * c
+                        if ih < 0 or ih >= h or iw < 0 or iw >= w:
+                            for ch in range(c):
+                                row[k + ch] = 0.0
+                        else:
+                            src = x[b, ih, iw]
+                            for ch in range(c):
+                                row[k + ch] = src[ch]
+                r += 1
+
+
+@numba.njit(cache=True)
+def _im2col_taps(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
+    """The transpose of :func:`_im2col`, ``cols ((i, j, c), (n, oh, ow))``: runs of ``ow`` (few channels)."""
+    n, h, w, c = x.shape
+    for i in range(kh):
+        for j in range(kw):
+            for ch in range(c):
+                dst = cols[(i * kw + j) * c + ch].reshape(n, ho, wo)
+                for b in range(n):
+                    for oh in range(ho):
+                        ih = oh * sh - ph + i * dh
+                        d = dst[b, oh]
+                        if ih < 0 or ih >= h:
+                            d[:] = 0.0
+                            continue
+                        src = x[b, ih, :, ch]
+                        for ow in range(wo):
+                            iw = ow * sw - pw + j * dw
+                            d[ow] = src[iw] if 0 <= iw < w else 0.0
 
 
 @numba.njit(cache=True)
@@ -69,42 +131,91 @@ def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw):
     """Each NHWC window's gradient onto its first (row-major) maximum among the unpadded elements."""
     n, h, w, c = x.shape
     ho, wo = g.shape[1], g.shape[2]
-    dx[:] = 0.0
+    tiled = sh == kh and sw == kw and ph == 0 and pw == 0  # each pixel in one window at most: written, not added
+    if not tiled or ho * kh != h or wo * kw != w:
+        dx[:] = 0.0
     best = np.empty(c, x.dtype)
-    at = np.empty(c, np.int64)  # flat (ih * w + iw) of each channel's maximum
+    at = np.empty(c, np.int64)  # flat pixel (ih * w + iw) of each channel's maximum
+    for b in range(n):
+        flat = dx[b].reshape(h * w, c)
+        for oh in range(ho):
+            ih0 = oh * sh - ph
+            i0, i1 = max(0, -ih0), min(kh, h - ih0)
+            for ow in range(wo):
+                iw0 = ow * sw - pw
+                j0, j1 = max(0, -iw0), min(kw, w - iw0)
+                if i0 >= i1 or j0 >= j1:
+                    continue
+                start = x[b, ih0 + i0, iw0 + j0]
+                for ch in range(c):
+                    best[ch] = start[ch]
+                    at[ch] = (ih0 + i0) * w + iw0 + j0
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        here = (ih0 + i) * w + iw0 + j
+                        src = x[b, ih0 + i, iw0 + j]
+                        for ch in range(c):
+                            v, m = src[ch], best[ch]
+                            better = v > m
+                            best[ch] = v if better else m
+                            at[ch] = here if better else at[ch]
+                grow = g[b, oh, ow]
+                if tiled:
+                    for i in range(i0, i1):
+                        for j in range(j0, j1):
+                            here = (ih0 + i) * w + iw0 + j
+                            dst = flat[here]
+                            for ch in range(c):
+                                dst[ch] = grow[ch] if at[ch] == here else 0.0
+                else:
+                    for ch in range(c):
+                        flat[at[ch], ch] += grow[ch]
+
+
+@numba.njit(cache=True)
+def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
+    """The maximum of each NHWC window's unpadded elements (-inf for none; NaN wins)."""
+    n, h, w, c = x.shape
+    ho, wo = y.shape[1], y.shape[2]
     for b in range(n):
         for oh in range(ho):
+            ih0 = oh * sh - ph
+            i0, i1 = max(0, -ih0), min(kh, h - ih0)
             for ow in range(wo):
-                first = True
-                for i in range(kh):
-                    ih = oh * sh - ph + i
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(kw):
-                        iw = ow * sw - pw + j
-                        if iw < 0 or iw >= w:
-                            continue
-                        here = ih * w + iw
-                        if first:
-                            first = False
-                            for ch in range(c):
-                                best[ch] = x[b, ih, iw, ch]
-                                at[ch] = here
-                        else:
-                            for ch in range(c):
-                                v = x[b, ih, iw, ch]
-                                if v > best[ch]:
-                                    best[ch] = v
-                                    at[ch] = here
-                if not first:
-                    for ch in range(c):
-                        dx[b, at[ch] // w, at[ch] % w, ch] += g[b, oh, ow, ch]
+                iw0 = ow * sw - pw
+                j0, j1 = max(0, -iw0), min(kw, w - iw0)
+                row = y[b, oh, ow]
+                for ch in range(c):
+                    row[ch] = -np.inf
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        src = x[b, ih0 + i, iw0 + j]
+                        for ch in range(c):
+                            v, m = src[ch], row[ch]
+                            row[ch] = v if (v > m or v != v) else m
 
 
 @numba.njit(cache=True)
 def _relu_grad(g, f, out):
     for i in range(g.size):
         out[i] = g[i] if f[i] > 0 else 0.0
+
+
+@numba.njit(cache=True)
+def _channel_sums(x, out):
+    """Column sums of ``x (rows, C)``: float32 partial sums over blocks of rows, added up in float64."""
+    total = np.zeros(x.shape[1], np.float64)
+    part = np.empty(x.shape[1], np.float32)
+    for r0 in range(0, x.shape[0], SUM_BLOCK):
+        part[:] = 0.0
+        for r in range(r0, min(r0 + SUM_BLOCK, x.shape[0])):
+            row = x[r]
+            for ch in range(x.shape[1]):
+                part[ch] += row[ch]
+        for ch in range(x.shape[1]):
+            total[ch] += part[ch]
+    for ch in range(x.shape[1]):
+        out[ch] = total[ch]
 
 
 # --- dispatch -------------------------------------------------------------------------------------
@@ -123,6 +234,67 @@ def _conv_plan(in_shape, filter_shape, dy, strides, padding, explicit_paddings, 
     return np.ascontiguousarray(dy_l), tuple(x_last), geom
 
 
+def _tiles(n: int, per_image: int) -> list[tuple[int, int]]:
+    """Groups of whole images ``[b0, b1)`` whose windows fit ``TILE_ELEMENTS`` (at least one image each)."""
+    step = max(1, TILE_ELEMENTS // max(per_image, 1))
+    return [(b, min(b + step, n)) for b in range(0, n, step)]
+
+
+def _windows(x, geom, k: int, b0: int, b1: int) -> tuple[np.ndarray, bool]:
+    """The im2col of images ``[b0, b1)`` of NHWC ``x`` in the scratch buffer, and whether it is tap-major
+    ``(k, rows)`` (few channels) rather than ``(rows, k)``."""
+    rows = (b1 - b0) * geom[8] * geom[9]
+    if x.shape[-1] <= FEW_CHANNELS:
+        cols = _scratch(rows * k).reshape(k, rows)
+        _im2col_taps(x[b0:b1], cols, *geom)
+        return cols, True
+    cols = _scratch(rows * k).reshape(rows, k)
+    _im2col(x[b0:b1], cols, *geom)
+    return cols, False
+
+
+def _fits(out, shape, *inputs) -> bool:
+    """Whether a planned ``out`` can take a result of ``shape`` without overwriting an input."""
+    return out is not None and out.shape == tuple(shape) and out.dtype == F32 and out.flags.c_contiguous and \
+        not any(np.may_share_memory(out, a) for a in inputs)
+
+
+@kernel("TFConv", "cpu", domain=DOMAIN)
+def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(), data_format="NHWC",
+            out=None):
+    if input.dtype != F32 or filter.dtype != F32 or input.ndim != 4 or filter.ndim != 4 or \
+            tf_nn._last_shape(input.shape, data_format)[-1] != filter.shape[2]:
+        return tf_nn.tf_conv(input, filter, strides=strides, padding=padding, explicit_paddings=explicit_paddings,
+                             dilations=dilations, data_format=data_format)
+    x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
+    kernel_, strides_, dilations_, (ho, wo), begin = tf_nn.window_geometry(
+        x.shape, filter.shape[:2], strides, dilations, padding, explicit_paddings, data_format)
+    n, c, m = x.shape[0], x.shape[-1], filter.shape[-1]
+    geom = (*kernel_, *strides_, *dilations_, *begin, ho, wo)
+    k = kernel_[0] * kernel_[1] * c
+    last = tf_nn._last(data_format)
+    y = out if last and _fits(out, (n, ho, wo, m), input, filter) else np.empty((n, ho, wo, m), F32)
+    w2 = np.ascontiguousarray(filter).reshape(k, m)
+    for b0, b1 in _tiles(n, ho * wo * k):
+        cols, tap_major = _windows(x, geom, k, b0, b1)
+        sgemm(cols, w2, y[b0:b1].reshape(-1, m), trans_a=tap_major)
+    return tf_nn._from_last(y, data_format)
+
+
+@kernel("TFMaxPool", "cpu", domain=DOMAIN)
+def tf_max_pool(input, *, ksize=(), strides=(), padding="VALID", explicit_paddings=(), data_format="NHWC", out=None):
+    if input.dtype != F32 or input.ndim != 4:
+        return tf_nn.tf_max_pool(input, ksize=ksize, strides=strides, padding=padding,
+                                 explicit_paddings=explicit_paddings, data_format=data_format)
+    x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
+    kernel_, strides_, _, (ho, wo), begin = tf_nn.window_geometry(
+        x.shape, tf_nn._spatial(ksize, data_format, 2), strides, (), padding, explicit_paddings, data_format)
+    shape = (x.shape[0], ho, wo, x.shape[-1])
+    y = out if tf_nn._last(data_format) and _fits(out, shape, input) else np.empty(shape, F32)
+    _max_pool(x, y, *kernel_, *strides_, *begin)
+    return tf_nn._from_last(y, data_format)
+
+
 @kernel("ConvBackpropFilter", "cpu", domain=DOMAIN)
 def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
                          dilations=(), data_format="NHWC", depthwise=0):
@@ -135,10 +307,12 @@ def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), paddi
                                           data_format=data_format, depthwise=depthwise)
     dy, _, geom = plan
     x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
-    rows, m = dy.shape[0] * geom[8] * geom[9], dy.shape[-1]
-    cols = _buffer(rows * sizes[0] * sizes[1] * sizes[2]).reshape(rows, -1)
-    _im2col(x, cols, *geom)
-    return sgemm(cols, dy.reshape(rows, m), trans_a=True).reshape(sizes)
+    k, m = sizes[0] * sizes[1] * sizes[2], dy.shape[-1]
+    dw = np.zeros((k, m), F32)  # an empty batch has no tiles
+    for i, (b0, b1) in enumerate(_tiles(dy.shape[0], geom[8] * geom[9] * k)):
+        cols, tap_major = _windows(x, geom, k, b0, b1)
+        sgemm(cols, dy[b0:b1].reshape(-1, m), dw, trans_a=not tap_major, beta=float(i > 0))
+    return dw.reshape(sizes)
 
 
 @kernel("ConvBackpropInput", "cpu", domain=DOMAIN)
@@ -152,12 +326,13 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
                                          explicit_paddings=explicit_paddings, dilations=dilations,
                                          data_format=data_format, depthwise=depthwise)
     dy, x_last, geom = plan
-    rows, m = dy.shape[0] * geom[8] * geom[9], dy.shape[-1]
+    m = dy.shape[-1]
     w = np.ascontiguousarray(filter).reshape(-1, m)  # (kh * kw * C, M)
-    cols = _buffer(rows * w.shape[0]).reshape(rows, -1)
-    sgemm(dy.reshape(rows, m), w, out=cols, trans_b=True)
     dx = np.empty(x_last, F32)
-    _col2im(cols, dx, *geom)
+    for b0, b1 in _tiles(dy.shape[0], geom[8] * geom[9] * w.shape[0]):
+        cols = _scratch((b1 - b0) * geom[8] * geom[9] * w.shape[0]).reshape(-1, w.shape[0])
+        sgemm(dy[b0:b1].reshape(-1, m), w, out=cols, trans_b=True)
+        _col2im(cols, dx[b0:b1], *geom)
     return tf_nn._from_last(dx, data_format)
 
 
@@ -180,10 +355,157 @@ def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), paddin
 def relu_grad(gradients, features):
     if gradients.dtype != F32 or features.dtype != F32 or gradients.shape != features.shape:
         return tf_ops.relu_grad(gradients, features)
-    out = np.empty(gradients.shape, F32)
+    out = np.empty(gradients.shape, F32)  # a fresh one: in place, LLVM cannot vectorize the select
     _relu_grad(np.ascontiguousarray(gradients).reshape(-1), np.ascontiguousarray(features).reshape(-1),
                out.reshape(-1))
     return out
+
+
+@kernel("BiasAddGrad", "cpu", domain=DOMAIN)
+def bias_add_grad(grad, *, data_format="NHWC"):
+    if grad.dtype != F32 or grad.ndim < 2 or (data_format == "NCHW" and grad.ndim > 2):
+        return tf_ops.bias_add_grad(grad, data_format=data_format)
+    out = np.empty(grad.shape[-1], F32)
+    _channel_sums(np.ascontiguousarray(grad).reshape(-1, grad.shape[-1]), out)
+    return out
+
+
+# --- fused batch normalization -------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _bn_stats(x, mean, var):
+    """Per-channel mean and biased variance of ``x (rows, C)``: two passes, float64 sums."""
+    rows, c = x.shape
+    total = np.zeros(c, np.float64)
+    for r in range(rows):
+        for ch in range(c):
+            total[ch] += x[r, ch]
+    m = total / max(rows, 1)
+    total[:] = 0.0
+    for r in range(rows):
+        for ch in range(c):
+            d = x[r, ch] - m[ch]
+            total[ch] += d * d
+    for ch in range(c):
+        mean[ch] = m[ch]
+        var[ch] = total[ch] / max(rows, 1)
+
+
+@numba.njit(cache=True)
+def _bn_apply(x, mean, mul, offset, y):
+    for r in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            y[r, ch] = (x[r, ch] - mean[ch]) * mul[ch] + offset[ch]
+
+
+@numba.njit(cache=True)
+def _bn_grad_sums(dy, x, mean, rstd, d_offset, d_scale):
+    """Per-channel sums of ``dy`` and ``dy * xhat`` (float64 accumulators)."""
+    c = x.shape[1]
+    so, ss = np.zeros(c, np.float64), np.zeros(c, np.float64)
+    for r in range(x.shape[0]):
+        for ch in range(c):
+            g = dy[r, ch]
+            so[ch] += g
+            ss[ch] += g * ((x[r, ch] - mean[ch]) * rstd[ch])
+    for ch in range(c):
+        d_offset[ch] = so[ch]
+        d_scale[ch] = ss[ch]
+
+
+@numba.njit(cache=True)
+def _bn_grad_dx(dy, x, mean, rstd, mul, mean_dy, mean_dyx, dx):
+    """``mul * (dy - mean(dy) - xhat * mean(dy * xhat))``, the reference's float32 operation order."""
+    for r in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            xhat = (x[r, ch] - mean[ch]) * rstd[ch]
+            dx[r, ch] = mul[ch] * (dy[r, ch] - mean_dy[ch] - xhat * mean_dyx[ch])
+
+
+def _bn_fast(data_format, *arrays) -> bool:
+    return tf_nn._last(data_format) and arrays[0].ndim >= 2 and all(a.dtype == F32 for a in arrays)
+
+
+@kernel("FusedBatchNorm", "cpu", domain=DOMAIN)
+def fused_batch_norm(x, scale, offset, mean, variance, *, epsilon=1e-4, exponential_avg_factor=1.0,
+                     data_format="NHWC", is_training=1, n_outputs=6):
+    if not _bn_fast(data_format, x, scale, offset, mean, variance):
+        return tf_nn.fused_batch_norm(x, scale, offset, mean, variance, epsilon=epsilon, data_format=data_format,
+                                      exponential_avg_factor=exponential_avg_factor, is_training=is_training,
+                                      n_outputs=n_outputs)
+    flat = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    if is_training:
+        used_mean, used_var = np.empty(x.shape[-1], F32), np.empty(x.shape[-1], F32)
+        _bn_stats(flat, used_mean, used_var)
+        count = flat.shape[0]
+        unbiased = used_var * F32.type(count / max(count - 1, 1))
+        f = exponential_avg_factor
+        out_mean = used_mean if f == 1 else ((1 - f) * mean + f * used_mean).astype(F32)
+        out_var = unbiased if f == 1 else ((1 - f) * variance + f * unbiased).astype(F32)
+    else:
+        used_mean, used_var = mean, variance
+        out_mean, out_var = mean, variance
+    mul = scale / np.sqrt(used_var + F32.type(epsilon))
+    y = np.empty(x.shape, F32)
+    _bn_apply(flat, used_mean, mul, offset, y.reshape(flat.shape))
+    return (y, out_mean, out_var, used_mean, used_var, np.zeros(0, F32))[:n_outputs]
+
+
+@kernel("FusedBatchNormGrad", "cpu", domain=DOMAIN)
+def fused_batch_norm_grad(y_backprop, x, scale, reserve_space_1, reserve_space_2, reserve_space_3=None, *,
+                          epsilon=1e-4, data_format="NHWC", is_training=1, n_outputs=5):
+    if not _bn_fast(data_format, x, y_backprop, scale, reserve_space_1, reserve_space_2) or \
+            y_backprop.shape != x.shape:
+        return tf_nn.fused_batch_norm_grad(y_backprop, x, scale, reserve_space_1, reserve_space_2, reserve_space_3,
+                                           epsilon=epsilon, data_format=data_format, is_training=is_training,
+                                           n_outputs=n_outputs)
+    c = x.shape[-1]
+    flat, dy = np.ascontiguousarray(x).reshape(-1, c), np.ascontiguousarray(y_backprop).reshape(-1, c)
+    rstd = F32.type(1) / np.sqrt(reserve_space_2 + F32.type(epsilon))
+    d_offset, d_scale = np.empty(c, F32), np.empty(c, F32)
+    _bn_grad_sums(dy, flat, reserve_space_1, rstd, d_offset, d_scale)
+    mul = scale * rstd
+    count = F32.type(flat.shape[0])
+    zeros = np.zeros(c, F32)
+    mean_dy, mean_dyx = (d_offset / count, d_scale / count) if is_training else (zeros, zeros)
+    dx = np.empty(x.shape, F32)
+    _bn_grad_dx(dy, flat, reserve_space_1, rstd, mul, mean_dy, mean_dyx, dx.reshape(flat.shape))
+    empty = np.zeros(0, F32)
+    return (dx, d_scale, d_offset, empty, empty)[:n_outputs]
+
+
+# --- random uniform floats (dropout masks) -------------------------------------------------------
+
+@numba.njit(cache=True)
+def _philox_unit_bits(seed, seed2, start, bits):
+    """Philox-4x32-10 (key ``seed``) of the counters ``(start + g, seed2)``: each of a counter's 4 words as
+    the float32 bit pattern in [1, 2) of its low 23 bits, into ``bits[4 g:4 g + 4]`` (uint64 arithmetic)."""
+    k0_init, k1_init = seed & _MASK32, seed >> _SHIFT32
+    s_lo, s_hi = seed2 & _MASK32, seed2 >> _SHIFT32
+    for g in range((bits.size + 3) // 4):
+        c = start + np.uint64(g)
+        w0, w1, w2, w3, k0, k1 = c & _MASK32, c >> _SHIFT32, s_lo, s_hi, k0_init, k1_init
+        for _ in range(10):
+            p0, p1 = w0 * _M0, w2 * _M1
+            w0, w1, w2, w3 = (p1 >> _SHIFT32) ^ w1 ^ k0, p1 & _MASK32, (p0 >> _SHIFT32) ^ w3 ^ k1, p0 & _MASK32
+            k0, k1 = (k0 + _KEY0) & _MASK32, (k1 + _KEY1) & _MASK32
+        base = 4 * g
+        for i, w in enumerate((w0, w1, w2, w3)):
+            if base + i < bits.size:
+                bits[base + i] = np.uint32((w & _MANTISSA) | _ONE_BITS)
+
+
+@kernel("StatelessRandomUniformV2", "cpu", domain=DOMAIN)
+def stateless_random_uniform_v2(shape, key, counter, alg, *, dtype=1):
+    if dtype != FLOAT or int(alg) not in (tf_stateless.PHILOX, tf_stateless.AUTO_SELECT):
+        return tf_stateless.uniform_v2(shape, key, counter, alg, dtype=dtype)
+    dims = tuple(int(d) for d in np.asarray(shape).reshape(-1))
+    k, c = np.asarray(key, np.uint64).reshape(-1), np.asarray(counter, np.uint64).reshape(-1)
+    bits = np.empty(dims, np.uint32)
+    _philox_unit_bits(k[0], c[1], c[0], bits.reshape(-1))
+    values = bits.view(F32)
+    values -= np.float32(1)
+    return values
 
 
 # --- fused optimizer updates ----------------------------------------------------------------------

@@ -137,12 +137,12 @@ def _variadic(name, fn, sinces, mean=False):
         if mean:
             out = out / len(inputs)
         return np.asarray(out).astype(inputs[0].dtype, copy=False)
-    op(name, since=tuple(sinces))(kernel)
+    return op(name, since=tuple(sinces))(kernel)
 
 
 _variadic("Max", np.maximum, (1, 6, 8, 12, 13))
 _variadic("Min", np.minimum, (1, 6, 8, 12, 13))
-_variadic("Sum", np.add, (1, 6, 8, 13))
+sum_ = _variadic("Sum", np.add, (1, 6, 8, 13))
 _variadic("Mean", np.add, (1, 6, 8, 13), mean=True)
 
 

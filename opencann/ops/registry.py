@@ -49,6 +49,7 @@ class OpDef:
     params: frozenset[str] = frozenset()
     takes_kwargs: bool = False
     wants_n_outputs: bool = False
+    graph_data: bool = False  # subgraph attributes reach the kernel as Graphs (code-generator input), not Subgraphs
     kernels: dict[str, Callable] = field(default_factory=dict)
 
     def kernel_for(self, device_kind: str) -> Callable:
@@ -97,16 +98,18 @@ def _schema_defaults(schema) -> dict[str, Any]:
 
 
 def op(name: str, *, since: int | tuple[int, ...] = 1, domain: str = "", infer: Callable | None = None,
-       schema: Any = None) -> Callable[[Callable], Callable]:
+       schema: Any = None, graph_data: bool = False) -> Callable[[Callable], Callable]:
     """Register ``fn`` as the reference kernel of ``domain::name`` from opset ``since`` on.
 
-    A tuple of versions registers the same kernel for each (each keeps its own ONNX schema).
+    A tuple of versions registers the same kernel for each (each keeps its own ONNX schema). With
+    ``graph_data`` the node's subgraph attributes are bound to the kernel as :class:`Graph` objects once
+    (a fused kernel's description), instead of being compiled into runnable subgraphs.
     """
     domain = _norm_domain(domain)
     if isinstance(since, tuple):
         def register_all(fn: Callable) -> Callable:
             for version in since:
-                op(name, since=version, domain=domain, infer=infer, schema=schema)(fn)
+                op(name, since=version, domain=domain, infer=infer, schema=schema, graph_data=graph_data)(fn)
             return fn
 
         return register_all
@@ -120,7 +123,7 @@ def op(name: str, *, since: int | tuple[int, ...] = 1, domain: str = "", infer: 
             params=frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY or
                              p.kind is p.POSITIONAL_OR_KEYWORD),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
-            wants_n_outputs="n_outputs" in sig.parameters,
+            wants_n_outputs="n_outputs" in sig.parameters, graph_data=graph_data,
         )
         versions = _REGISTRY.setdefault((domain, name), [])
         if any(d.since == since for d in versions):

@@ -94,8 +94,21 @@ def tensor_list_element_shape(items, *, shape_type, element_shape=None):
 
 @op("TensorListZerosLike", domain=DOMAIN)
 def tensor_list_zeros_like(items):
-    """TensorFlow's ZerosLike on a list: zeros for each set element, holes stay holes."""
-    return [None if x is None else np.zeros_like(x) for x in items]
+    """TensorFlow's ZerosLike on a list: zeros for each set element, holes stay holes. Elements of one shape
+    and dtype share one read-only zeros array (lists are never mutated; a gradient loop's accumulator starts
+    as such a list)."""
+    zeros: dict[tuple, np.ndarray] = {}
+    out = []
+    for x in items:
+        if x is None:
+            out.append(None)
+            continue
+        key = (x.shape, x.dtype)
+        if key not in zeros:
+            zeros[key] = np.zeros(x.shape, x.dtype)
+            zeros[key].flags.writeable = False
+        out.append(zeros[key])
+    return out
 
 
 @op("TensorListAddN", domain=DOMAIN)
@@ -103,6 +116,12 @@ def tensor_list_add_n(*lists):
     """TensorFlow's AddN on lists: slot-wise sums, a hole counting as zero (all holes stay a hole)."""
     if len({len(items) for items in lists}) > 1:
         raise AclError(ErrorCode.INVALID_PARAM, "AddN: the TensorLists differ in length")
+    if len(lists) == 2:  # a gradient loop's accumulator plus one iteration's mostly-empty list: skip its holes
+        out = list(lists[0])
+        for i, x in enumerate(lists[1]):
+            if x is not None:
+                out[i] = x if out[i] is None else out[i] + x
+        return out
     out = []
     for slot in zip(*lists):
         total = None
@@ -116,3 +135,23 @@ def tensor_list_add_n(*lists):
 def truth_value(x):
     """TensorFlow's If condition: a scalar when non-zero (non-empty string), a tensor when non-empty."""
     return np.array(bool(x.item()) if x.ndim == 0 else x.size > 0)
+
+
+@op("TensorListPushBackMany", domain=DOMAIN)
+def tensor_list_push_back_many(*lists_then_items):
+    """k lists then k items: each list with its item appended (a gradient loop's accumulators, one launch)."""
+    k = len(lists_then_items) // 2
+    return tuple([*lists_then_items[i], lists_then_items[k + i]] for i in range(k))
+
+
+@op("TensorListPopBackMany", domain=DOMAIN)
+def tensor_list_pop_back_many(*lists_then_shapes, element_dtypes):
+    """k lists then their k element shapes: the k lists without their last elements, then those k elements
+    (each as :func:`tensor_list_pop_back` gives it)."""
+    k = len(lists_then_shapes) // 2
+    lists = lists_then_shapes[:k]
+    if all(items and items[-1] is not None for items in lists):  # the usual case: no holes to fill
+        return (*[items[:-1] for items in lists], *[items[-1] for items in lists])
+    pops = [tensor_list_pop_back(lists_then_shapes[i], lists_then_shapes[k + i], element_dtype=element_dtypes[i])
+            for i in range(k)]
+    return tuple(rest for rest, _ in pops) + tuple(last for _, last in pops)

@@ -1,11 +1,13 @@
-"""TensorFlow's convolution, pooling and batch-norm gradients, and its fused batch norm (domain ``opencann``).
+"""TensorFlow's convolution and max pooling (channels-last, TF's filters), their gradients, the batch-norm
+gradient and the fused batch norm (domain ``opencann``).
 
 Semantics and attributes are TensorFlow's: ``strides``, ``dilations`` and ``ksize`` have one entry per
 tensor axis in ``data_format`` order (``NHWC``/``NDHWC`` or ``NCHW``/``NCDHW``), ``padding`` is ``SAME``,
 ``VALID`` or ``EXPLICIT`` (with ``explicit_paddings``, begin/end pairs per tensor axis). Every kernel
 works channels-last and handles any number of spatial axes, so the 2-D and 3-D ops share one kernel.
 
-Convolution gradients are im2col/col2im with BLAS matmuls: the filter gradient multiplies the windows of
+The forward convolution multiplies the input's windows by the filter; convolution gradients are
+im2col/col2im with BLAS matmuls: the filter gradient multiplies the windows of
 the input (:func:`opencann.ops.conv.windows`, copied once into a ``(pixels, C * K)`` matrix) by the output
 gradient; the input gradient multiplies the output gradient by the filter and scatter-adds the columns
 back, one strided add per kernel tap. A depthwise filter ``(*k, C, M)`` is a grouped one with C groups
@@ -19,6 +21,7 @@ import math
 
 import numpy as np
 
+from opencann.compiler.ir import Node, TensorType
 from opencann.errors import AclError, ErrorCode
 from opencann.ops.common import compute_dtype
 from opencann.ops.conv import windows
@@ -78,6 +81,96 @@ def _col2im(cols: np.ndarray, in_shape, kernel, strides, dilations, begin) -> np
         dst = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dilations, out, strides))
         buf[(slice(None), *dst)] += cols[(..., *tap)]
     return buf[(slice(None), *(slice(b, b + i) for b, i in zip(begin, in_shape)))]
+
+
+# --- forward convolution and max pooling (channels-last data, TF's filters) ------------------------------
+
+def _out_sizes(in_shape, kernel, strides, dilations, padding: str, explicit, data_format: str) -> list[int]:
+    """TF's output sizes of a window op over the spatial sizes ``in_shape``."""
+    if padding == "SAME":
+        return [-(-i // s) for i, s in zip(in_shape, strides, strict=True)]
+    begin, end = (_spatial(list(explicit)[j::2], data_format, len(kernel)) if padding == "EXPLICIT"
+                  else [0] * len(kernel) for j in (0, 1))
+    if padding not in ("VALID", "EXPLICIT"):
+        raise AclError(ErrorCode.INVALID_PARAM, f"unknown padding '{padding}'")
+    return [max((i + b + e - (k - 1) * d - 1) // s + 1, 0)
+            for i, b, e, k, s, d in zip(in_shape, begin, end, kernel, strides, dilations, strict=True)]
+
+
+def window_geometry(in_last, kernel, strides, dilations, padding, explicit_paddings, data_format):
+    """(spatial kernel, strides, dilations, output sizes, begin pads) of a TF window op on channels-last
+    ``in_last`` (``kernel``: the spatial sizes; the others per tensor axis in ``data_format`` order)."""
+    nd = len(kernel)
+    strides, dilations = _spatial(strides, data_format, nd), _spatial(dilations, data_format, nd)
+    out = _out_sizes(in_last[1:-1], kernel, strides, dilations, padding, explicit_paddings, data_format)
+    begin = _begin_pads(padding, explicit_paddings, in_last[1:-1], out, kernel, strides, dilations, data_format)
+    return list(kernel), strides, dilations, out, begin
+
+
+def _last_shape(shape, data_format: str) -> tuple:
+    return tuple(shape) if _last(data_format) else (shape[0], *shape[2:], shape[1])
+
+
+def _window_type(node: Node, channels) -> list:
+    """The output type of a TF window op node (``channels``: the output's channel count, or None: the input's)."""
+    t = node.inputs[0].type
+    shape = getattr(t, "shape", None)
+    fmt = node.attrs.get("data_format", "NHWC")
+    if shape is None:
+        return [t if channels is None or t is None else TensorType(t.dtype, None)]
+    last = _last_shape(shape, fmt)
+    nd = len(last) - 2
+    kernel = _spatial(node.attrs.get("ksize", ()), fmt, nd) if channels is None else \
+        list(node.inputs[1].type.shape[:nd])
+    strides = _spatial(node.attrs.get("strides", ()), fmt, nd)
+    dilations = _spatial(node.attrs.get("dilations", ()), fmt, nd)
+    out = [None] * nd
+    if all(isinstance(v, int) for v in (*last[1:-1], *kernel)):
+        out = _out_sizes(last[1:-1], kernel, strides, dilations, node.attrs.get("padding", "VALID"),
+                         node.attrs.get("explicit_paddings", ()), fmt)
+    y = (last[0], *out, last[-1] if channels is None else channels)
+    return [TensorType(t.dtype, y if _last(fmt) else (y[0], y[-1], *y[1:-1]))]
+
+
+def _infer_conv(node: Node) -> list:
+    w = node.inputs[1].type
+    if getattr(w, "shape", None) is None:
+        return [TensorType(node.inputs[0].type.dtype, None)] if node.inputs[0].type is not None else [None]
+    return _window_type(node, w.shape[-1])
+
+
+@op("TFConv", domain=DOMAIN, infer=_infer_conv)
+def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(), data_format="NHWC"):
+    """Conv2D / Conv3D with TF's ``(*k, C / groups, M)`` filter (grouped when C is a multiple of its C)."""
+    nd = filter.ndim - 2
+    dt = compute_dtype(input.dtype)
+    xl = _to_last(input.astype(dt, copy=False), data_format)
+    groups = xl.shape[-1] // filter.shape[-2]
+    if xl.shape[-1] != groups * filter.shape[-2] or filter.shape[-1] % groups:
+        raise AclError(ErrorCode.INVALID_PARAM, f"TFConv: input {input.shape} ({data_format}) and filter "
+                       f"{filter.shape} do not match")
+    kernel, strides, dilations, out, begin = window_geometry(xl.shape, filter.shape[:nd], strides, dilations,
+                                                             padding, explicit_paddings, data_format)
+    end = _end_pads(begin, xl.shape[1:-1], out, kernel, strides, dilations)
+    cols = windows(xl, kernel, strides, dilations, begin, end, first=1)  # (N, *out, C, *k)
+    rows = xl.shape[0] * math.prod(out)
+    a = cols.reshape(rows, groups, filter.shape[-2] * math.prod(kernel)).transpose(1, 0, 2)  # (g, rows, Cg * K)
+    y = np.matmul(a, _group_filter(filter.astype(dt, copy=False), groups))  # (g, rows, Mg)
+    y = y.transpose(1, 0, 2).reshape(xl.shape[0], *out, filter.shape[-1])
+    return _from_last(y, data_format).astype(input.dtype, copy=False)
+
+
+@op("TFMaxPool", domain=DOMAIN, infer=lambda node: _window_type(node, None))
+def tf_max_pool(input, *, ksize=(), strides=(), padding="VALID", explicit_paddings=(), data_format="NHWC"):
+    """MaxPool / MaxPool3D: the maximum of each window's unpadded elements."""
+    dt = compute_dtype(input.dtype)
+    x = _to_last(input.astype(dt, copy=False), data_format)
+    nd = x.ndim - 2
+    kernel, strides, ones, out, begin = window_geometry(x.shape, _spatial(ksize, data_format, nd), strides, (),
+                                                        padding, explicit_paddings, data_format)
+    end = _end_pads(begin, x.shape[1:-1], out, kernel, strides, ones)
+    y = windows(x, kernel, strides, ones, begin, end, -np.inf, 1).max(axis=tuple(range(-nd, 0)))
+    return _from_last(y, data_format).astype(input.dtype, copy=False)
 
 
 # --- convolution gradients ---------------------------------------------------------------------------

@@ -403,3 +403,64 @@ def in_top_k(predictions, targets, k):
     target = predictions[np.arange(t.size), np.clip(t, 0, predictions.shape[1] - 1)]
     better = (predictions > target[:, None]).sum(axis=1)
     return valid & np.isfinite(target) & (better < int(k))
+
+
+# --- new variable values for TensorFlow ------------------------------------------------------------------------
+
+ALIGNMENT = 64  # bytes: TensorFlow adopts a NumPy buffer aligned this way instead of copying it
+
+
+def aligned_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialized array whose data starts on an :data:`ALIGNMENT` boundary: a view of a fresh byte array
+    at most that much longer."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _infer_fused_update(node):
+    from opencann.tbe.fusion import _infer
+
+    return _infer(node)
+
+
+@op("FusedUpdate", domain=DOMAIN, infer=_infer_fused_update, graph_data=True)
+def fused_update(*inputs, body):
+    """``opencann::FusedElementwise`` whose results are new values of TensorFlow variables: the same TBE
+    kernel, writing into :func:`aligned_empty` buffers, which the TF adapter hands over without a copy."""
+    from opencann.tbe.fusion import kernel_for
+
+    return kernel_for(body)(*(np.asarray(x) for x in inputs), empty=aligned_empty)
+
+
+CHAIN_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Sqrt": np.sqrt,
+                "Neg": np.negative, "Abs": np.absolute}
+
+
+def _infer_chain(node):
+    from opencann.compiler.ir import TensorType
+
+    types = [v.type for v in node.inputs]
+    ops, operands = node.attrs["ops"], node.attrs["operands"]
+    for k in range(len(ops)):
+        args = [types[i] for i in operands[2 * k:2 * k + 2] if i >= 0]
+        if any(t is None or t.shape is None for t in args):
+            return [None] * len(node.outputs)
+        types.append(TensorType(args[0].dtype, np.broadcast_shapes(*(t.shape for t in args))))
+    return [types[i] for i in node.attrs["results"]]
+
+
+@op("ElementwiseChain", domain=DOMAIN, infer=_infer_chain)
+def elementwise_chain(*inputs, ops, operands, results):
+    """ONNX elementwise ops (:data:`CHAIN_UFUNCS`) run in order as their NumPy ufuncs: op ``k`` reads slots
+    ``operands[2k]`` and ``operands[2k+1]`` (-1: unary) of the inputs followed by the results so far;
+    returns the slots ``results`` (made by :mod:`opencann.compiler.passes.fuse_training`)."""
+    slots = list(inputs)
+    with np.errstate(all="ignore"):
+        for k, name in enumerate(ops):
+            a, b = operands[2 * k], operands[2 * k + 1]
+            slots.append(CHAIN_UFUNCS[name](slots[a]) if b < 0 else CHAIN_UFUNCS[name](slots[a], slots[b]))
+    out = tuple(slots[i] for i in results)
+    return out[0] if len(out) == 1 else out

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from opencann.compiler.ir import Graph, Node
+from opencann.compiler.ir import Graph, Node, TensorType
 from opencann.errors import AclError, ErrorCode
 from opencann.ops import blas, registry
 from opencann.runtime import threads
@@ -108,7 +108,7 @@ class Plan:
             step.drop = sorted(dying.get(idx, ()))
             first = step.inputs[0] if step.inputs else None
             step.takes_out = _takes_out(step.fn)
-            step.reuse = step.takes_out and first in step.drop and first not in self.consts
+            step.reuse = step.takes_out and first in step.drop and first not in self.consts and _may_fit(node)
             if self._fold_constant(step):
                 continue
             step.in_slots = tuple(self._slot(n) if n is not None else self._slot("") for n in step.inputs)
@@ -175,11 +175,14 @@ class Plan:
     def _step(self, node: Node, d: registry.OpDef, opset: int) -> Step:
         fn = d.kernel_for(self.device_kind)
         attrs = self._bind_attrs(node, d, opset)
+        if d.graph_data:  # bound as Graphs: the step stays on the fast launch path
+            attrs.update(node.subgraphs)
         return Step(node=node, fn=fn, attrs=attrs,
                     inputs=[v.name if v is not None and v.name else None for v in node.inputs],
                     outputs=[v.name for v in node.outputs],
                     n_outputs=len(node.outputs) if d.wants_n_outputs else None, drop=[],
-                    subgraphs={k: Plan(g, self.device_kind, self.opsets) for k, g in node.subgraphs.items()},
+                    subgraphs={} if d.graph_data else {k: Plan(g, self.device_kind, self.opsets)
+                                                       for k, g in node.subgraphs.items()},
                     call=functools.partial(fn, **attrs) if attrs else fn)
 
     def _fold_constant(self, step: Step) -> bool:
@@ -352,6 +355,15 @@ def _takes_out(fn: Any) -> bool:
         return False
 
 
+def _may_fit(node: Node) -> bool:
+    """Whether the first input's buffer may receive the output: not when both are static and of other shapes or
+    dtypes (kernels take ``out`` only when it matches)."""
+    src, dst = (getattr(v, "type", None) for v in (node.inputs[0], node.outputs[0] if node.outputs else None))
+    if not (isinstance(src, TensorType) and isinstance(dst, TensorType) and src.is_static and dst.is_static):
+        return True
+    return src.shape == dst.shape and src.dtype == dst.dtype
+
+
 def _count(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
@@ -360,7 +372,9 @@ def _detach(value: Any, arena: np.ndarray) -> Any:
     """``value`` (an output), copied when it shares the arena's memory (the next run reuses the arena)."""
     if isinstance(value, list):
         return [_detach(v, arena) for v in value]
-    return value.copy() if type(value) is np.ndarray and np.may_share_memory(value, arena) else value
+    if type(value) is not np.ndarray or value.base is None:  # owns its memory: not in the arena
+        return value
+    return value.copy() if np.may_share_memory(value, arena) else value
 
 
 def _private(arr: Any) -> bool:

@@ -94,21 +94,26 @@ class LoadedModel:
                            f"model {self.id} takes {len(self.inputs)} inputs, got {len(inputs)}")
         feeds = []
         for desc, arr in zip(self.inputs, inputs, strict=True):
-            arr = np.asarray(arr)
-            if arr.dtype != desc.dtype:
-                raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH,
-                               f"input '{desc.name}' wants {desc.dtype}, got {arr.dtype}")
-            if len(arr.shape) != len(desc.shape) or any(d >= 0 and d != a for d, a in zip(desc.shape, arr.shape)):
-                raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH,
-                               f"input '{desc.name}' wants shape {list(desc.shape)}, got {list(arr.shape)}")
-            if self.dynamic_batch_sizes and arr.shape and arr.shape[0] not in self.dynamic_batch_sizes:
-                raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"batch {arr.shape[0]} is not one of the "
-                               f"model's dynamic batch sizes {self.dynamic_batch_sizes}")
+            if type(arr) is not np.ndarray:
+                arr = np.asarray(arr)
+            if arr.shape != desc.shape or arr.dtype != desc.dtype or self.dynamic_batch_sizes:  # else it matches
+                self._check(desc, arr)
             feeds.append(arr)
         with self._count_lock:
             self.executions += 1
         session = profiler.SESSION  # set while acl.prof records executions
         return self.plan.run_list(feeds) if session is None else session.execute(self, feeds)
+
+    def _check(self, desc: TensorDesc, arr: np.ndarray) -> None:
+        """Accept ``arr`` for input ``desc`` (dynamic dimensions, dynamic batch sizes) or raise."""
+        if arr.dtype != desc.dtype:
+            raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"input '{desc.name}' wants {desc.dtype}, got {arr.dtype}")
+        if len(arr.shape) != len(desc.shape) or any(d >= 0 and d != a for d, a in zip(desc.shape, arr.shape)):
+            raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH,
+                           f"input '{desc.name}' wants shape {list(desc.shape)}, got {list(arr.shape)}")
+        if self.dynamic_batch_sizes and arr.shape and arr.shape[0] not in self.dynamic_batch_sizes:
+            raise AclError(ErrorCode.MODEL_INPUT_NOT_MATCH, f"batch {arr.shape[0]} is not one of the "
+                           f"model's dynamic batch sizes {self.dynamic_batch_sizes}")
 
     def execute_async(self, inputs: Sequence[np.ndarray], stream,
                       done: Callable[[list[np.ndarray]], Any] | None = None) -> None:

@@ -128,6 +128,18 @@ def _gelu(node, x, c):
     return [tbe.vmul(tbe.vmuls(x[0], 0.5), tbe.vadds(tbe.verf(tbe.vmuls(x[0], float(1 / np.sqrt(2.0)))), 1.0))]
 
 
+def _sigmoid_grad(node, x, c):
+    """TensorFlow's SigmoidGrad(y, dy) = dy * y * (1 - y), in its kernel's order."""
+    tbe = _tbe()
+    return [tbe.vmul(tbe.vmul(x[1], x[0]), tbe.vsub(tbe.const(1.0, x[0].dtype), x[0]))]
+
+
+def _tanh_grad(node, x, c):
+    """TensorFlow's TanhGrad(y, dy) = dy * (1 - y * y)."""
+    tbe = _tbe()
+    return [tbe.vmul(x[1], tbe.vsub(tbe.const(1.0, x[0].dtype), tbe.vmul(x[0], x[0])))]
+
+
 def _reduce(prim: str) -> Emit:
     def emit(node, x, c):
         axes = _reduce_axes(node, c)
@@ -158,6 +170,9 @@ TABLE: dict[str, Emit] = {
     "ReduceSum": _reduce("reduce_sum"), "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
     "ReduceMin": _reduce("reduce_min"), "ReduceProd": _reduce("reduce_prod"),
 }
+DOMAIN_TABLE: dict[tuple[str, str], Emit] = {  # operators of other domains (TF gradients), same-dtype inputs
+    (DOMAIN, "SigmoidGrad"): _sigmoid_grad, (DOMAIN, "TanhGrad"): _tanh_grad,
+}
 REDUCTIONS = frozenset(k for k in TABLE if k.startswith("Reduce"))
 _CONST_INPUTS = {"Clip": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
                  "ReduceProd": (1,)}  # inputs that must be constants
@@ -165,7 +180,7 @@ _CONST_INPUTS = {"Clip": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceM
 
 def fusible(node: Node) -> bool:
     """Whether the TBE translation supports ``node`` as it is (operator, attributes, dtypes, known ranks)."""
-    if node.domain or node.op not in TABLE or node.subgraphs or len(node.outputs) != 1:
+    if _emitter(node) is None or node.subgraphs or len(node.outputs) != 1:
         return False
     consts = const_inputs(node)
     if any(i < len(node.inputs) and node.inputs[i] is not None and node.inputs[i].const is None for i in consts):
@@ -175,8 +190,25 @@ def fusible(node: Node) -> bool:
                for v in (*data, *node.outputs)) and _attrs_ok(node)
 
 
+def refine(node: Node) -> None:
+    """Give an operator of :data:`DOMAIN_TABLE` (TensorFlow's gradients: no shape inference of their own) whose
+    output shape is unknown the broadcast of its inputs' shapes, when those are known; in place."""
+    out = node.outputs[0].type if len(node.outputs) == 1 else None
+    if (node.domain, node.op) not in DOMAIN_TABLE or not isinstance(out, TensorType) or out.is_static:
+        return
+    shapes = [v.type.shape if v is not None and isinstance(v.type, TensorType) else None for v in node.inputs]
+    if shapes and all(s is not None and all(isinstance(d, int) for d in s) for s in shapes):
+        node.outputs[0].type = TensorType(out.dtype, _out_shape(*shapes))
+
+
+def _emitter(node: Node) -> Emit | None:
+    return DOMAIN_TABLE.get((node.domain, node.op)) if node.domain else TABLE.get(node.op)
+
+
 def _attrs_ok(node: Node) -> bool:
     a = node.attrs
+    if node.domain:
+        return len({v.type.dtype for v in (*node.inputs, *node.outputs)}) == 1
     if node.op == "Cast":
         return a.get("to") in CAST_TARGETS
     if node.op in REDUCTIONS:
@@ -198,16 +230,19 @@ class FusedKernel:
         self.kernels: dict[tuple, object] = {}
         self.lock = threading.Lock()
 
-    def __call__(self, *arrays: np.ndarray):
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
+    def __call__(self, *arrays: np.ndarray, empty: Callable = np.empty):
+        """Run on ``arrays``; ``empty(shape, dtype)`` allocates the outputs of the compiled fast path."""
+        key = tuple([(a.shape, a.dtype) for a in arrays])  # dtype objects: hashing their .str costs ~1 us each
         entry = self.kernels.get(key)
         if entry is None:
             with self.lock:
                 entry = self.kernels.get(key) or self._build(arrays, key)
         kernel, compiled, out_types = entry
-        if compiled is None or not all(a.flags.c_contiguous for a in arrays):
+        if compiled is None:
             return kernel(*arrays)
-        outs = [np.empty(shape, dtype) for shape, dtype in out_types]
+        if not all(a.flags.c_contiguous for a in arrays):  # views (a Split's columns): copies, still the fast path
+            arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+        outs = [empty(shape, dtype) for shape, dtype in out_types]
         compiled(*arrays, *outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -244,7 +279,7 @@ def translate(body: Graph, holders: list) -> list:
         cs = [consts.get(v.name) if v is not None else None for v in node.inputs]
         ins = [None if v is None else env[v.name] if c is None else _const(c, i, node)
                for i, (v, c) in enumerate(zip(node.inputs, cs, strict=True))]
-        for v, t in zip(node.outputs, TABLE[node.op](node, ins, cs), strict=True):
+        for v, t in zip(node.outputs, _emitter(node)(node, ins, cs), strict=True):
             env[v.name] = t
     outs = [env[v.name] for v in body.outputs]
     return [tbe.cast_to(t, t.dtype) if t.op in ("placeholder", "const", "broadcast") else t for t in outs]
@@ -298,9 +333,8 @@ def _infer(node: Node) -> list[TensorType | None]:
     return [v.type for v in body.outputs]
 
 
-@op(OP, domain=DOMAIN, infer=_infer)
-def fused_elementwise(*inputs: np.ndarray, body):
-    """Run the ``body`` subgraph (a Graph, or the executor's Subgraph of one) as one TBE kernel."""
-    graph = body.plan.graph if hasattr(body, "plan") else body
-    return kernel_for(graph)(*(np.asarray(x) for x in inputs))
+@op(OP, domain=DOMAIN, infer=_infer, graph_data=True)
+def fused_elementwise(*inputs: np.ndarray, body: Graph):
+    """Run the ``body`` subgraph as one TBE kernel."""
+    return kernel_for(body)(*[x if type(x) is np.ndarray else np.asarray(x) for x in inputs])
 

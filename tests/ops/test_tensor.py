@@ -52,6 +52,35 @@ def test_split_v2_attribute_and_equal_default():
     assert [p.tolist() for p in parts] == [x[i:i + 2].tolist() for i in range(0, 10, 2)]
 
 
+@pytest.mark.parametrize("axis", [0, 1, -1, -3])
+def test_split_gives_views_like_np_split(axis):
+    from opencann.ops.tensor import split_
+    x = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4)
+    for arg in (x, x.transpose(1, 2, 0)[:4]):  # contiguous and not
+        dim = arg.shape[axis]
+        sizes = [dim - dim // 2, 0, dim // 2]
+        want = np.split(arg, np.cumsum(sizes)[:-1], axis=axis)
+        for split in (i64(*sizes), np.array(sizes, np.int32)):
+            got = split_(arg, split, axis=axis, n_outputs=3)
+            assert len(got) == 3 and all(np.shares_memory(g, arg) or not g.size for g in got)
+            for g, w in zip(got, want, strict=True):
+                assert g.shape == w.shape and g.strides == w.strides
+                np.testing.assert_array_equal(g, w)
+        equal = split_(arg, axis=axis, n_outputs=2)
+        np.testing.assert_array_equal(np.concatenate(equal, axis=axis), arg)
+    with pytest.raises(AclError, match="do not add up"):
+        split_(x, i64(1, x.shape[axis]), axis=axis, n_outputs=2)
+
+
+def test_reshape_of_an_int32_shape_and_zero_copies_a_dimension():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(run("Reshape", x, np.array([0, -1], np.int64)), x.reshape(2, 12))
+    from opencann.ops.tensor import reshape
+    assert np.shares_memory(reshape(x, np.array([4, 0, -1], np.int32)), x)
+    assert reshape(x, np.array([4, 0, -1], np.int32)).shape == (4, 3, 2)
+    assert reshape(x[0, 0], np.array([2, 2], np.uint64)).shape == (2, 2)
+
+
 def test_squeeze_unsqueeze_v1_axes_attribute():
     x = np.zeros((1, 3, 1, 2), np.float32)
     assert run("Squeeze", x, opset=1, axes=[0, 2]).shape == (3, 2)

@@ -4,6 +4,7 @@ matches TensorFlow."""
 import numpy as np
 import pytest
 
+from opencann.ops import cpu_tf, tf_nn
 from tests.tf.harness import assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
 
 RNG = np.random.default_rng(0)
@@ -163,6 +164,41 @@ def test_conv2d_and_gradients(case, data_format):
     assert_same(*(run_both(conv("NHWC"), x, w) if data_format == "NHWC" else run_nchw(conv, x, w)))
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("channels", [1, 4])
+def test_tf_conv_kernels_match_tensorflow(case, channels):
+    """The opencann TFConv op (TF's NHWC Conv2D): reference and fast kernels against tf.nn.conv2d."""
+    spec = dict(CONV_CASES[case])
+    groups = spec.pop("groups", 1) if channels > 1 else 1
+    x = RNG.standard_normal((2, 9, 8, channels)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, channels // groups, 6)).astype(np.float32)
+    s, d, pad = spec["strides"], spec.get("dilations", 1), spec["padding"]
+    expected = tf.nn.conv2d(x, w, s, pad, dilations=d).numpy()
+    attrs = dict(strides=[1, s, s, 1], dilations=[1, d, d, 1], padding=pad if isinstance(pad, str) else "EXPLICIT",
+                 explicit_paddings=[] if isinstance(pad, str) else sum(pad, []))
+    assert_same([tf_nn.tf_conv(x, w, **attrs), cpu_tf.tf_conv(x, w, **attrs)], [expected, expected])
+
+
+POOL_CASES = [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, "SAME"), (2, 3, "SAME"), (3, 2, "VALID")]
+
+
+@pytest.mark.parametrize("ksize, strides, padding", POOL_CASES)
+def test_tf_max_pool_kernels_match_tensorflow(ksize, strides, padding):
+    x = RNG.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    expected = tf.nn.max_pool2d(x, ksize, strides, padding).numpy()
+    attrs = dict(ksize=[1, ksize, ksize, 1], strides=[1, strides, strides, 1], padding=padding)
+    assert_same([tf_nn.tf_max_pool(x, **attrs), cpu_tf.tf_max_pool(x, **attrs)], [expected, expected])
+
+
+def test_tf_conv3d_and_max_pool3d_kernels_match_tensorflow():
+    x = RNG.standard_normal((2, 5, 6, 5, 3)).astype(np.float32)
+    w = RNG.standard_normal((2, 3, 3, 3, 4)).astype(np.float32)
+    conv = dict(strides=[1, 1, 2, 2, 1], padding="SAME")
+    pool = dict(ksize=[1, 2, 3, 3, 1], strides=[1, 1, 2, 2, 1], padding="SAME")
+    assert_same([cpu_tf.tf_conv(x, w, **conv), cpu_tf.tf_max_pool(x, **pool)],
+                [tf.nn.conv3d(x, w, **conv).numpy(), tf.nn.max_pool3d(x, **pool).numpy()])
+
+
 @pytest.mark.parametrize("strides, padding, dilations", [(1, "SAME", 1), (2, "SAME", 1), (2, "VALID", 1),
                                                          (1, "SAME", 2), (1, "VALID", 3)])
 def test_depthwise_conv2d_and_gradients(strides, padding, dilations):
@@ -197,9 +233,6 @@ def test_conv2d_transpose_and_gradients():
     w = RNG.standard_normal((3, 3, 2, 3)).astype(np.float32)
     fn = with_grads(lambda x, w: tf.nn.conv2d_transpose(x, w, [2, 8, 10, 2], 2, "SAME"), 2)
     assert_same(*run_both(fn, x, w))
-
-
-POOL_CASES = [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, "SAME"), (2, 3, "SAME"), (3, 2, "VALID")]
 
 
 @pytest.mark.parametrize("ksize, strides, padding", POOL_CASES)

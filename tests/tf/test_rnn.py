@@ -39,6 +39,8 @@ def test_recurrent_classifier_fit_evaluate_predict_match_tensorflow(make):
     assert_losses_match(tf_losses, oc_losses)
     assert_weights_match(tf_model, oc_model)
     assert adapter.executions >= len(oc_losses)
+    bodies = [n.attrs["body"] for p in adapter.programs.values() for n in p.executor.plan.graph.nodes if n.op == "Loop"]
+    assert bodies and any(n.op == "FusedElementwise" for body in bodies for n in body.nodes)  # a cell, fused
 
     expected = tf_model.evaluate(x, y, batch_size=40, verbose=0), tf_model.predict(x, batch_size=40, verbose=0)
     adapter = oc.enable()

@@ -168,7 +168,6 @@ def test_handoff_keeps_only_arrays_nothing_else_holds():
 
 
 def test_reads_see_eager_writes_between_calls_and_are_read_only():
-    from opencann.frontends.tensorflow import adapter as adapter_module
     from tests.tf.harness import oc, tf
 
     v = tf.Variable(np.arange(3, dtype=np.float32))
@@ -178,25 +177,60 @@ def test_reads_see_eager_writes_between_calls_and_are_read_only():
         v.assign(v + 1.0)
         return v.read_value()
 
-    oc.enable()
+    adapter = oc.enable()
     np.testing.assert_array_equal(bump().numpy(), [1, 2, 3])
     v.assign([10.0, 20.0, 30.0])  # eager TF write between compiled calls
     np.testing.assert_array_equal(bump().numpy(), [11, 21, 31])
-    view = adapter_module.eager().read(v.handle, tf.float32)
+    (program,) = adapter.programs.values()
+    (view,) = program.io.read([v.handle])
     assert not view.flags.writeable  # a view of TF's buffer: kernels cannot write into it
     np.testing.assert_array_equal(view, [11, 21, 31])
+
+
+def test_grouped_writes_adopt_aligned_arrays_and_reads_are_views():
+    """One call writes every variable (TF adopts a 64-byte aligned array without copying; small ones travel
+    packed per dtype), one reads them."""
+    from opencann.frontends.tensorflow.adapter import VariableIO
+    from tests.tf.harness import tf
+
+    variables = [tf.Variable(np.zeros(4096, np.float32)), tf.Variable(np.int64(0)), tf.Variable(np.zeros((2, 2))),
+                 tf.Variable(np.zeros((2, 3), np.float32)), tf.Variable(np.zeros(3, np.float32))]
+    handles = [v.handle for v in variables]
+    dtypes = [v.dtype for v in variables]
+    io = VariableIO((handles, dtypes), (handles[:2] + handles[3:], dtypes[:2] + dtypes[3:], [None, (), (2, 3), (3,)]))
+    assert io.writing.singles == [0] and io.writing.packs == [[1], [2, 3]]
+    raw = np.empty(4096 * 4 + 64, np.uint8)
+    new = raw[-raw.ctypes.data % 64:][:4096 * 4].view(np.float32)
+    new[:] = np.arange(4096)
+    small = [np.array(7, np.int64), np.arange(6, dtype=np.float32).reshape(2, 3), np.array([9, 8, 7], np.float32)]
+    io.write(handles[:2] + handles[3:], [new, *small])
+    np.testing.assert_array_equal(variables[0].numpy(), np.arange(4096))
+    for var, value in zip(variables[1:2] + variables[3:], small):
+        np.testing.assert_array_equal(var.numpy(), value)
+        assert var.numpy().shape == value.shape
+    read = io.read(handles)
+    assert read[0].ctypes.data == new.ctypes.data  # adopted, then read back in place
+    assert [r.dtype for r in read] == [np.float32, np.int64, np.float64, np.float32, np.float32]
+    for value, want in zip(read, [np.arange(4096), 7, np.zeros((2, 2)), *small[1:]]):
+        np.testing.assert_array_equal(value, want)
+        assert value.shape == np.shape(want) and not value.flags.writeable
 
 
 def test_blas_threads_during_a_step(monkeypatch):
     from threadpoolctl import threadpool_info
 
     from opencann.frontends.tensorflow import adapter as adapter_module
+    from opencann.ops import blas
     from tests.tf.harness import oc, tf
+
+    def counts():  # every BLAS pool threadpoolctl sees, and MKL's (loaded by opencann, maybe after enable())
+        mkl = blas.library()
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} | (
+            {mkl.MKL_Get_Max_Threads()} if mkl is not None else set())
 
     seen = []
     run = adapter_module.Executor.run
-    monkeypatch.setattr(adapter_module.Executor, "run", lambda self, feeds: seen.append(
-        {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}) or run(self, feeds))
+    monkeypatch.setattr(adapter_module.Executor, "run", lambda self, feeds: seen.append(counts()) or run(self, feeds))
     before = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
     oc.enable(threads=1)
     np.testing.assert_allclose(tf.function(lambda x: x @ x)(tf.eye(3)).numpy(), np.eye(3))
@@ -213,3 +247,61 @@ def test_fast_kernels_are_the_cpu_kernels():
                  "ApplyKerasMomentum", "ApplyRMSProp"):
         fn = registry.lookup(name, 1, "opencann").kernel_for("cpu")
         assert fn.__module__ == "opencann.ops.cpu_tf", name
+
+
+def _slot_update_run(init: np.ndarray, grad: np.ndarray, on_opencann: bool):
+    """Two steps of a Keras-style slot and weight update (one fused group): (w, m, the data addresses of the
+    second step's results on opencann, the adapter)."""
+    from tests.tf.harness import oc, tf
+
+    w, m = tf.Variable(init[0]), tf.Variable(init[1])
+
+    @tf.function
+    def step(g):
+        m.assign(m * 0.9 + g * 0.1)
+        w.assign_sub(m * 0.01 / (tf.sqrt(tf.abs(m)) + 1e-7))
+        return tf.reduce_sum(g)
+
+    adapter = oc.enable() if on_opencann else None
+    step(tf.constant(grad))
+    produced = []
+    if adapter is not None:  # record where the second step's results live
+        (program,) = adapter.programs.values()
+        run = program.executor.run
+        program.executor.run = lambda feeds: (lambda out: produced.extend(o.ctypes.data for o in out) or out)(
+            run(feeds))
+    step(tf.constant(grad * 0.5))
+    oc.disable()
+    return w, m, produced, adapter
+
+
+def test_large_variable_updates_are_aligned_and_adopted():
+    """A fused group computing new variable values becomes FusedUpdate: its results start on 64-byte
+    boundaries, handoff passes them as they are, TF adopts them, and the values are TensorFlow's."""
+    from opencann.frontends.tensorflow.adapter import handoff
+    from opencann.ops.tf_ops import aligned_empty
+
+    rng = np.random.default_rng(0)
+    init = rng.standard_normal((2, 128, 160)).astype(np.float32)
+    grad = rng.standard_normal((128, 160)).astype(np.float32)
+    w_tf, m_tf, _, _ = _slot_update_run(init, grad, False)
+    w, m, produced, adapter = _slot_update_run(init, grad, True)
+    np.testing.assert_allclose(w.numpy(), w_tf.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.numpy(), m_tf.numpy(), rtol=1e-6, atol=1e-6)
+    (program,) = adapter.programs.values()
+    assert "FusedUpdate" in [n.op for n in program.executor.plan.graph.nodes]
+    reads = program.io.read([w.handle, m.handle])
+    assert {r.ctypes.data for r in reads} <= set(produced)  # TF adopted them, no copy
+    (kept,) = handoff([aligned_empty((3, 5), np.float32)], [np.dtype(np.float32)])
+    assert kept.ctypes.data % 64 == 0 and kept.base.dtype == np.uint8  # as it was, not a copy
+
+
+def test_list_zeros_like_shares_one_read_only_zeros_per_shape():
+    from opencann.ops.tf_control import tensor_list_zeros_like
+
+    items = [np.ones((2, 3), np.float32), None, np.full((2, 3), 5, np.float32), np.ones(4, np.int32)]
+    out = tensor_list_zeros_like(items)
+    assert out[1] is None and out[0] is out[2] and not out[0].flags.writeable
+    for x, z in zip(items[::2] + items[3:], out[::2] + out[3:]):
+        assert z.shape == x.shape and z.dtype == x.dtype and not z.any()
+    assert items[0].all()  # the input is untouched

@@ -46,9 +46,22 @@ def test_transformer_adamw_trains_like_tensorflow():
     x, y = rng.standard_normal((170, 12, 16)).astype(np.float32), rng.integers(0, 4, 170)
     tf_losses, oc_losses, tf_model, oc_model, adapter = fit_both(encoder_classifier, x, y, epochs=2)
     assert_losses_match(tf_losses, oc_losses)
-    assert_weights_match(tf_model, oc_model)
+    assert_attention_weights_match(tf_model, oc_model)
     assert train_step_calls(adapter) == len(oc_losses)
     assert_inference_matches(tf_model, oc_model, x[:48], y[:48])
+
+
+def assert_attention_weights_match(tf_model, oc_model):
+    """The key projection's bias has a zero gradient (softmax ignores a constant added to a row of scores): what
+    either framework computes for it is rounding noise, which Adam scales up to ~lr * noise / epsilon. It must stay
+    at that level (a wrong gradient would move it by ~lr a step); every other weight matches TensorFlow's."""
+    noise = [w for w in tf_model.weights if w.path.endswith("key/bias")]
+    assert len(noise) == 1
+    for wa, wb in zip(tf_model.weights, oc_model.weights, strict=True):
+        if wa is noise[0]:
+            assert np.abs(wa.numpy()).max() < 1e-4 and np.abs(wb.numpy()).max() < 1e-4
+        else:
+            np.testing.assert_allclose(wb.numpy(), wa.numpy(), rtol=1e-4, atol=1e-5, err_msg=wa.path)
 
 
 def test_mlp_dropout_adam_draws_tensorflows_dropout_masks():

@@ -12,7 +12,9 @@ outside it or are graph outputs — with their names, types and ``Value`` object
 Small tensors (fewer than :data:`MIN_ELEMENTS` elements) are left alone: NumPy runs them in a few
 microseconds an op, while each distinct fused kernel costs a Numba compile (once per machine: the TBE
 disk cache keeps it) — and scalar arithmetic (an optimizer's bias corrections) would otherwise bridge
-every variable's update into one huge kernel.
+every variable's update into one huge kernel. Loop and Scan bodies (and the subgraphs inside them) run once
+per iteration, so there every launch saved counts many times over: only scalars stay unfused
+(:data:`BODY_MIN_ELEMENTS`) — an RNN cell's gates become one kernel per time step.
 
 It runs last in the pipeline, after ``convert_precision``: the bodies then hold the final dtypes and the
 precision pass's casts, and mixed precision still sees every operator it keeps in float32.
@@ -29,14 +31,35 @@ from opencann.tbe import fusion
 
 MIN_OPS = 2  # computing nodes (Identity excluded) a group needs to be worth a kernel
 MIN_ELEMENTS = 1 << 14  # smaller iteration spaces stay unfused: NumPy is quick there and a kernel costs a compile
+BODY_MIN_ELEMENTS = 2  # in loop bodies: everything but scalars (a kernel's launch costs more than a NumPy scalar op)
+LOOPS = frozenset({"Loop", "Scan"})  # ONNX operators whose bodies run once per iteration
 
 
 def fuse_elementwise(graph: Graph, min_elements: int = MIN_ELEMENTS) -> Graph:
-    """Replace every fusible group of ``graph``'s nodes by one FusedElementwise node, in place; returns it.
+    """Replace every fusible group of ``graph``'s nodes, and of its subgraphs', by one FusedElementwise node, in
+    place; returns it.
 
-    Only nodes whose iteration space (output, or reduced input) has at least ``min_elements`` elements, or
-    a dynamic dimension, take part.
+    Only nodes whose iteration space (output, or reduced input) has at least ``min_elements`` elements
+    (:data:`BODY_MIN_ELEMENTS` inside loop bodies), or a dynamic dimension, take part.
     """
+    return _fuse(graph, min_elements, _names(graph))
+
+
+def _names(graph: Graph) -> set[str]:
+    """Every value and node name of ``graph`` and its subgraphs (fused nodes get fresh ones)."""
+    names = {v.name for v in graph.values()} | {n.name for n in graph.nodes}
+    for n in graph.nodes:
+        for body in n.subgraphs.values():
+            names |= _names(body)
+    return names
+
+
+def _fuse(graph: Graph, min_elements: int, names: set[str]) -> Graph:
+    for n in graph.nodes:
+        if not n.domain:  # If, Loop, Scan (a fused node's body is not fused again)
+            for body in n.subgraphs.values():
+                _fuse(body, min(min_elements, BODY_MIN_ELEMENTS) if n.op in LOOPS else min_elements, names)
+        fusion.refine(n)
     consumers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for name in _reads(n):
@@ -44,7 +67,6 @@ def fuse_elementwise(graph: Graph, min_elements: int = MIN_ELEMENTS) -> Graph:
     for v in graph.outputs:
         consumers.setdefault(v.name, []).append(None)  # read by the caller
     groups = _groups(graph, consumers, min_elements)
-    names = {v.name for v in graph.values()} | {n.name for n in graph.nodes}
     counter = itertools.count()
     fused: dict[int, Node] = {}  # id(first member) -> fused node
     members: set[int] = set()

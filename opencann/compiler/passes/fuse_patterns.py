@@ -12,7 +12,8 @@ Rules, applied in this order (each one sweep over the graph):
 4. MatMul (or a bias-less FusedMatMul) + Add of a bias row becomes ``FusedMatMul(A, B, bias)``;
 5. Relu, Gelu, Tanh, Sigmoid or a last-axis Softmax after a MatMul, FusedMatMul or Gemm becomes its
    ``activation`` epilogue (a Gemm becomes ``FusedGemm``): attention's scores ``softmax(Q @ K^T / sqrt d)``
-   are then one FusedMatMul;
+   are then one FusedMatMul (which :mod:`~opencann.compiler.passes.fuse_attention` folds into
+   ``opencann::Attention`` with the products around it);
 6. ``LayerNormalization(Add(a, b))`` over the last axis with equal shapes (or a skip-less
    SkipLayerNormalization of the Add) becomes ``SkipLayerNormalization`` (the sum stays available to other
    readers as its fourth output).
@@ -30,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes import const_of, scalar_of
 from opencann.ops.registry import OPENCANN_DOMAIN
 
 _ACTIVATION = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
@@ -80,10 +82,9 @@ class _Match:
                             if id(n) not in self.removed or id(n) in self.replaced]
 
 
-def fuse_patterns(graph: Graph, *, gemm_epilogues: bool = True) -> Graph:
-    """Apply the rules above to ``graph`` in place; returns it. Without ``gemm_epilogues`` (mixed precision,
-    which lowers the MatMul and Gemm nodes themselves) rules 3-5 are skipped."""
-    for rule in RULES if gemm_epilogues else (_gelu, _layer_norm, _skip_layer_norm):
+def fuse_patterns(graph: Graph) -> Graph:
+    """Apply the rules above to ``graph`` in place; returns it."""
+    for rule in RULES:
         m = _Match(graph)
         for node in list(graph.nodes):
             if id(node) not in m.removed:
@@ -93,22 +94,6 @@ def fuse_patterns(graph: Graph, *, gemm_epilogues: bool = True) -> Graph:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def _const(v: Value | None) -> np.ndarray | None:
-    if v is None:
-        return None
-    if v.const is not None:
-        return v.const
-    p = v.producer
-    if p is not None and p.op == "Constant" and not p.domain and isinstance(p.attrs.get("value"), np.ndarray):
-        return p.attrs["value"]
-    return None
-
-
-def _scalar(v: Value | None) -> float | None:
-    c = _const(v)
-    return float(c.reshape(())) if c is not None and c.size == 1 and c.dtype.kind == "f" else None
-
 
 def _near(x: float | None, target: float) -> bool:
     return x is not None and math.isclose(x, target, rel_tol=1e-4)
@@ -145,7 +130,7 @@ def _split_factors(factors: list[Value]) -> tuple[float, list[Value]]:
     """(product of the scalar constants, the other factors)."""
     scale, rest = 1.0, []
     for f in factors:
-        s = _scalar(f)
+        s = scalar_of(f)
         if s is None:
             rest.append(f)
         else:
@@ -177,7 +162,7 @@ def _one_plus(m: _Match, term: Value, x: Value) -> tuple[str, list[Node]] | None
     add = m.producer(term, "Add")
     if add is None or add.domain or len(add.inputs) != 2:
         return None
-    one = next((v for v in add.inputs if _near(_scalar(v), 1.0)), None)
+    one = next((v for v in add.inputs if _near(scalar_of(v), 1.0)), None)
     fn = m.producer(_other(add, one), "Erf", "Tanh") if one is not None else None
     if fn is None or fn.domain:
         return None
@@ -187,9 +172,9 @@ def _one_plus(m: _Match, term: Value, x: Value) -> tuple[str, list[Node]] | None
         return None
     if fn.op == "Erf":
         if p.op == "Div":
-            ok = p.inputs[0] is x and _near(_scalar(p.inputs[1]), math.sqrt(2))
+            ok = p.inputs[0] is x and _near(scalar_of(p.inputs[1]), math.sqrt(2))
         else:
-            ok = x in p.inputs and _near(_scalar(_other(p, x)), 1 / math.sqrt(2))
+            ok = x in p.inputs and _near(scalar_of(_other(p, x)), 1 / math.sqrt(2))
         return ("none", [add, fn, p]) if ok else None
     inner = _tanh_argument(m, p, x)
     return ("tanh", [add, fn, *inner]) if inner is not None else None
@@ -212,7 +197,7 @@ def _tanh_argument(m: _Match, mul: Node, x: Value) -> list[Node] | None:
     powers = []
     for f in rest:
         pw = m.producer(f, "Pow")
-        if pw is not None and pw.inputs[0] is x and _near(_scalar(pw.inputs[1]), 3.0):
+        if pw is not None and pw.inputs[0] is x and _near(scalar_of(pw.inputs[1]), 3.0):
             powers.append(pw)
     if not _near(scale, 0.044715) or not (rest == [x, x, x] or len(powers) == len(rest) == 1):
         return None
@@ -228,7 +213,7 @@ def _last_axis_mean(m: _Match, v: Value, x: Value) -> Node | None:
         return None
     axes = p.attrs.get("axes")
     if axes is None and len(p.inputs) > 1:
-        axes = _const(p.inputs[1])
+        axes = const_of(p.inputs[1])
     rank = len(_shape(x) or ())
     return p if axes is not None and rank and [int(a) % rank for a in np.ravel(axes)] == [rank - 1] else None
 
@@ -245,10 +230,10 @@ def _layer_norm(m: _Match, node: Node) -> None:
     x = sub.inputs[0]
     mean = _last_axis_mean(m, sub.inputs[1], x)
     var = next((p for p in (m.producer(v, "ReduceMean") for v in add_eps.inputs) if p is not None), None)
-    eps = _scalar(_other(add_eps, var.outputs[0])) if var is not None else None
+    eps = scalar_of(_other(add_eps, var.outputs[0])) if var is not None else None
     square = m.producer(var.inputs[0], "Pow") if var is not None else None
     if mean is None or eps is None or square is None or square.inputs[0] is not d \
-            or not _near(_scalar(square.inputs[1]), 2.0) \
+            or not _near(scalar_of(square.inputs[1]), 2.0) \
             or _last_axis_mean(m, var.outputs[0], square.outputs[0]) is None:
         return
     n = (_shape(x) or (None,))[-1]
@@ -312,7 +297,7 @@ def _matmul_scale(m: _Match, node: Node) -> None:
     if node.op not in ("Mul", "Div") or node.domain:
         return
     for v in node.inputs[:1] if node.op == "Div" else node.inputs:
-        c = _scalar(_other(node, v))
+        c = scalar_of(_other(node, v))
         p = _gemm_producer(m, v, bare=True)
         if p is not None and c is not None and c != 0 and _shape(v) is not None \
                 and _shape(node.outputs[0]) == _shape(v):

@@ -6,6 +6,11 @@
 * ``allow_mix_precision`` (``_fp16``/``_bf16``): only the matrix engines' operators (MatMul, Gemm,
   convolutions, Einsum) compute in the low precision, between casts; everything else — softmax,
   normalisations, reductions, and in training graphs the variables and optimizer updates — stays float32.
+  The fused operators with a matrix product and a float32 epilogue (``opencann::FusedMatMul``, ``FusedGemm``,
+  ``FusedConv``) get their two matrix operands rounded to the low precision (weights once, here; activations
+  by a Cast pair) and accumulate and apply the epilogue (bias, activation, softmax, residual) in float32, as
+  a matrix engine with float32 accumulation does; ``opencann::Attention`` rounds its products' operands
+  itself (its ``low`` attribute) and keeps its softmax float32.
 * ``allow_fp32_to_bf16`` / ``allow_mix_precision_bf16``: the same with bfloat16.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from onnx import TensorProto
 from opencann.compiler.ir import Graph, Node, TensorType, Value
 from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.errors import AclError, ErrorCode
+from opencann.ops.registry import OPENCANN_DOMAIN
 
 F32 = np.dtype(np.float32)
 MODES = {
@@ -28,6 +34,7 @@ MODES = {
     "allow_fp32_to_bf16": (ml_dtypes.bfloat16, False), "allow_mix_precision_bf16": (ml_dtypes.bfloat16, True),
 }
 MATRIX_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum"})
+FUSED_MATRIX_OPS = frozenset({"FusedMatMul", "FusedGemm", "FusedConv"})  # opencann's: (A, B, ...) + epilogue
 
 
 def convert_precision(graph: Graph, mode: str) -> Graph:
@@ -40,9 +47,18 @@ def convert_precision(graph: Graph, mode: str) -> Graph:
     low = np.dtype(low)
     names = (f"precision_cast_{i}" for i in itertools.count())
     if mixed:
-        nodes = []
+        nodes, rounded = [], {}
         for node in graph.nodes:
-            nodes.extend(_in_low_precision(node, low, names) if node.op in MATRIX_OPS and not node.domain else [node])
+            if node.op in MATRIX_OPS and not node.domain:
+                nodes.extend(_in_low_precision(node, low, names))
+                continue
+            if node.domain == OPENCANN_DOMAIN and node.op in FUSED_MATRIX_OPS:
+                nodes.extend(_round_operands(graph, node, low, names, rounded))
+            elif node.domain == OPENCANN_DOMAIN and node.op == "Attention":
+                from opencann.compiler import dtypes
+
+                node.attrs["low"] = dtypes.to_onnx(low)
+            nodes.append(node)
         graph.nodes = nodes
         return graph
     for v in graph.initializers:
@@ -117,3 +133,22 @@ def _in_low_precision(node: Node, low: np.dtype, names) -> list[Node]:
         narrow.producer = node
         after.append(cast)
     return [*before, node, *after]
+
+
+def _round_operands(graph: Graph, node: Node, low: np.dtype, names, rounded: dict[str, Value]) -> list[Node]:
+    """Round ``node``'s float32 matrix operands (inputs 0 and 1) to ``low`` and back: constants here, others by
+    the Cast pair returned (each value once: ``rounded`` maps names to their rounded values)."""
+    casts = []
+    for i, v in enumerate(node.inputs[:2]):
+        if v is None or not _is_f32(v):
+            continue
+        if v.name not in rounded:
+            if v.const is not None:
+                wide = Value(f"{v.name}/{low.name}", const=v.const.astype(low).astype(F32))
+                graph.initializers.append(wide)
+            else:
+                narrow, wide = Value(next(names)), Value(next(names))
+                casts += [_cast(v, narrow, low, next(names)), _cast(narrow, wide, F32, next(names))]
+            rounded[v.name] = wide
+        node.inputs[i] = rounded[v.name]
+    return casts

@@ -7,10 +7,10 @@ after it, to pull the next batch from a ``tf.data`` iterator argument, and to wr
 
 Every call reads each variable afresh and writes the new values back before returning, so eager code,
 callbacks, checkpoints and other functions see TensorFlow's variables exactly as if TensorFlow had run the
-step. Both directions avoid copies and Python op wrappers (TensorFlow's eager fast path, one op per
-variable): a read is a read-only view of TF's buffer (TF copies on its next write while the view lives);
-a write hands TF the new array, which TF adopts without copying when aligned — so only arrays that
-nothing else holds are handed over (:func:`handoff`). While a step runs, BLAS and Numba use the adapter's
+step. Each direction is one call into TF's executor for all variables (:class:`VariableIO`) and avoids
+copies: a read is a read-only view of TF's buffer (TF copies on its next write while the view lives); a
+write hands TF the new array, which TF adopts without copying when aligned — so only arrays that nothing
+else holds are handed over (:func:`handoff`). While a step runs, BLAS and Numba use the adapter's
 thread count (:class:`StepThreads`), as TensorFlow's own pools are idle then.
 """
 from __future__ import annotations
@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from opencann.compiler.ir import Value
+from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates, hoist_invariants
 from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.importer import Context, build_graph, convert_ops, tensor_type
+from opencann.ops.tf_ops import ALIGNMENT
 from opencann.runtime.executor import Executor
 
 
@@ -58,6 +60,7 @@ class Program:
     assigned: list[tuple[int, np.dtype]]  # (argument position, dtype) of each variable output, in order
     outputs: list[Any]  # per TF output: 1, or ("optional", number of components)
     calls: int = 0
+    io: Any = None  # the VariableIO, made at the first call (it needs the variables' handles)
     owner: Any = None  # the concrete function, kept alive while its id keys the cache
 
 
@@ -96,6 +99,9 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     host_values = [v for h in ctx.host_inputs for v in h.values]
     ir = build_graph(ctx, inputs + host_values, outputs, name=graph.name)
     compiled = compile_graph(ir, options or BuildOptions())
+    _aligned_updates(compiled.graph, len(outputs))
+    chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])
+    batch_list_ops(hoist_invariants(compiled.graph))
     if dump:
         import os
 
@@ -105,6 +111,16 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     variables = [(key, resource_position(key), var.dtype) for key, var in ctx.state.variables.items()]
     assigned = [(resource_position(key), ctx.state.variables[key].dtype) for key in ctx.state.assigned]
     return Program(Executor(compiled.graph), data_positions, ctx.host_inputs, variables, assigned, layout)
+
+
+def _aligned_updates(graph, n_results: int) -> None:
+    """Fused elementwise groups that compute new variable values (graph outputs after the first
+    ``n_results``) write them into aligned buffers, which TF adopts without a copy (``opencann::FusedUpdate``)."""
+    new_values = {v.name for v in graph.outputs[n_results:]}
+    for node in graph.nodes:
+        if node.op == "FusedElementwise" and node.domain == "opencann" and \
+                any(v.name in new_values for v in node.outputs):
+            node.op = "FusedUpdate"
 
 
 def _register_variable(ctx: Context, t, key: str) -> None:
@@ -128,7 +144,7 @@ def _register_variable(ctx: Context, t, key: str) -> None:
 
 
 class _Eager:
-    """TensorFlow's eager fast path: variable reads and writes as single op calls, without Python wrappers."""
+    """TensorFlow's eager fast path: single op calls without Python wrappers (batches, outputs)."""
 
     def __init__(self):
         from tensorflow.python import pywrap_tfe
@@ -138,18 +154,6 @@ class _Eager:
         self.execute = pywrap_tfe.TFE_Py_FastPathExecute
         self.context = context.context()
         self.tensor = ops.EagerTensor
-
-    def read(self, handle, dtype) -> np.ndarray:
-        """The variable's value, zero-copy: a read-only view of TF's buffer (TF copies on its next write)."""
-        value = self.execute(self.context, "ReadVariableOp", None, handle, "dtype", dtype)._numpy()
-        if isinstance(value, np.ndarray) and value.base is not None:
-            value.flags.writeable = False
-        return value
-
-    def assign(self, handle, value: np.ndarray) -> None:
-        """Write ``value``; TF adopts an aligned array's buffer instead of copying it, so ``value`` must be
-        the caller's alone (see :func:`handoff`)."""
-        self.execute(self.context, "AssignVariableOp", None, handle, value, "validate_shape", False)
 
     def next_batch(self, host: HostInput, iterator) -> list:
         if host.shapes is None:
@@ -170,6 +174,94 @@ class _Eager:
         return tf.convert_to_tensor(value)
 
 
+class VariableIO:
+    """Reads a program's variables in one TF call and writes the assigned ones back in another: two traced
+    functions over the variables' handles, run by TF's executor directly (one eager op per variable costs
+    ~3x more). A read is zero-copy, a read-only view of TF's buffer (TF copies on its next write while the
+    view lives). A write hands TF the new arrays, which it adopts without copying when aligned, so each
+    must be the caller's alone (see :func:`handoff`). Each array handed to TF costs ~10 us, so variables of
+    a static shape under :data:`PACK_LIMIT` elements (unfused NumPy results, unaligned: TF would copy them
+    anyway) travel packed, one flat array per dtype that the write function splits."""
+
+    PACK_LIMIT = 1 << 14  # elements; fuse_elementwise's MIN_ELEMENTS: larger results are FusedUpdate's, aligned
+
+    def __init__(self, reads: tuple[list, list], writes: tuple[list, list, list]):
+        """``reads``: (handles, TF dtypes); ``writes``: (handles, TF dtypes, static shapes or None)."""
+        import itertools
+
+        import tensorflow as tf
+        from tensorflow.python import pywrap_tfe
+
+        (read_handles, read_dtypes), (write_handles, write_dtypes, write_shapes) = reads, writes
+        self.writing = writing = _Packing(write_dtypes, write_shapes)
+
+        @tf.function(autograph=False)
+        def read(handles):
+            return [tf.raw_ops.ReadVariableOp(resource=h, dtype=d) for h, d in zip(handles, read_dtypes)]
+
+        @tf.function(autograph=False)
+        def write(handles, values, flat):
+            for i, x in zip(writing.singles, values):
+                tf.raw_ops.AssignVariableOp(resource=handles[i], value=x, validate_shape=False)
+            for members, pack in zip(writing.packs, flat):
+                for i, piece in zip(members, tf.split(pack, [writing.sizes[i] for i in members])):
+                    tf.raw_ops.AssignVariableOp(resource=handles[i], value=tf.reshape(piece, write_shapes[i]))
+
+        fast = eager()
+        self.functions = (read.get_concrete_function(list(read_handles)),  # alive: TF keeps their definitions
+                          write.get_concrete_function(list(write_handles),
+                                                      [tf.TensorSpec(None, write_dtypes[i]) for i in writing.singles],
+                                                      [tf.TensorSpec([None], write_dtypes[m[0]])
+                                                       for m in writing.packs]))
+        self.names = [f.function_def.signature.name for f in self.functions]
+        self.attrs = tuple(itertools.chain(*fast.context.function_call_options.as_attrs().items()))
+        self.execute, self.context, self.tensor = pywrap_tfe.TFE_Py_Execute, fast.context, fast.tensor
+
+    def read(self, handles: list) -> list[np.ndarray]:
+        """The variables' values (views of TF's buffers, read-only)."""
+        return [_view(t) for t in self._run(0, handles, len(handles))] if handles else []
+
+    def write(self, handles: list, values: list[np.ndarray]) -> None:
+        """Assign ``values`` (arrays nothing else holds, in the variables' dtypes) to the variables."""
+        if not handles:
+            return
+        device = self.context.device_name
+        tensors = [self.tensor(values[i], device, None) for i in self.writing.singles]
+        for members in self.writing.packs:
+            tensors.append(self.tensor(np.concatenate([values[i].reshape(-1) for i in members]), device, None))
+        self._run(1, [*handles, *tensors], 0)
+
+    def _run(self, which: int, inputs: list, n_outputs: int) -> list:
+        return self.execute(self.context._handle, self.context.device_name, self.names[which], inputs, self.attrs,
+                            n_outputs)
+
+
+class _Packing:
+    """Which variables cross alone (``singles``) and which packed, one flat array per dtype (``packs``)."""
+
+    def __init__(self, dtypes: list, shapes: list):
+        self.sizes = [None if s is None else int(np.prod(s, dtype=np.int64)) for s in shapes]
+        packs: dict[Any, list[int]] = {}
+        for i, (dtype, size) in enumerate(zip(dtypes, self.sizes)):
+            if size is not None and size < VariableIO.PACK_LIMIT:
+                packs.setdefault(dtype, []).append(i)
+        self.packs = list(packs.values())
+        packed = {i for members in self.packs for i in members}
+        self.singles = [i for i in range(len(dtypes)) if i not in packed]
+
+
+def _static(t) -> tuple | None:
+    return tuple(t.shape) if getattr(t, "is_static", False) else None
+
+
+def _view(tensor) -> np.ndarray:
+    """An eager tensor's value without a copy: a read-only view of TF's buffer."""
+    value = tensor._numpy()
+    if isinstance(value, np.ndarray) and value.base is not None:
+        value.flags.writeable = False
+    return value
+
+
 _eager: _Eager | None = None
 
 
@@ -181,15 +273,20 @@ def eager() -> _Eager:
 
 
 class StepThreads:
-    """Sets BLAS and Numba to ``n`` threads while a step runs (TensorFlow's pools idle meanwhile; with more
-    threads than free cores their spinning workers slow every kernel down), then restores them."""
+    """Sets BLAS (OpenBLAS, and MKL for the calling thread) and Numba to ``n`` threads while a step runs
+    (TensorFlow's pools idle meanwhile; with more threads than free cores their spinning workers slow every
+    kernel down), then restores them."""
 
     def __init__(self, n: int):
         import numba
         from threadpoolctl import ThreadpoolController
 
+        from opencann.ops import blas
+
         self.n = n
-        self.libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        self.libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+                     if lib.internal_api != "mkl"]
+        self.mkl = blas.library()  # loaded now: its count is set per step, for this thread only
         self.numba = numba
         self.saved: list[int] = []
 
@@ -197,11 +294,15 @@ class StepThreads:
         self.saved = [lib.num_threads for lib in self.libs] + [self.numba.get_num_threads()]
         for lib in self.libs:
             lib.set_num_threads(self.n)
+        if self.mkl is not None:
+            self.mkl.MKL_Set_Num_Threads_Local(self.n)
         self.numba.set_num_threads(min(self.n, self.numba.config.NUMBA_NUM_THREADS))
 
     def __exit__(self, *exc):
         for lib, n in zip(self.libs, self.saved):
             lib.set_num_threads(n)
+        if self.mkl is not None:
+            self.mkl.MKL_Set_Num_Threads_Local(0)  # back to the process-wide count
         self.numba.set_num_threads(self.saved[-1])
 
 
@@ -227,10 +328,11 @@ def handoff(values: list, dtypes: list[np.dtype]) -> list[np.ndarray]:
 
 
 def _sole_view(value: np.ndarray) -> bool:
-    """True when ``value`` is the only reference to the whole of a fresh array (a kernel's reshaped output)."""
+    """True when ``value`` is the only reference to the whole of a fresh array (a kernel's reshaped output),
+    or to all but the padding of a fresh aligned byte buffer (:func:`~opencann.ops.tf_ops.aligned_empty`)."""
     base = value.base  # references: ``value``, ``base``, getrefcount's argument
-    return type(base) is np.ndarray and base.base is None and base.nbytes == value.nbytes and \
-        sys.getrefcount(base) <= 3
+    whole = base.nbytes == value.nbytes or (base.dtype == np.uint8 and base.nbytes - value.nbytes == ALIGNMENT)
+    return type(base) is np.ndarray and base.base is None and whole and sys.getrefcount(base) <= 3
 
 
 def run_program(program: Program, args: list, threads: StepThreads | None = None) -> list:
@@ -241,20 +343,24 @@ def run_program(program: Program, args: list, threads: StepThreads | None = None
         feeds[name] = np.asarray(args[pos])
     for host in program.host_inputs:
         for v, value in zip(host.values, fast.next_batch(host, args[resource_position(host.resource)])):
-            feeds[v.name] = value.numpy()
-    for key, pos, dtype in program.variables:
-        feeds[key] = fast.read(args[pos], _tf_dtype(dtype))
+            feeds[v.name] = _view(value)
+    n_out = sum(c if isinstance(c, int) else c[1] for c in program.outputs)
+    if program.io is None:
+        program.io = VariableIO(
+            ([args[pos] for _, pos, _ in program.variables], [_tf_dtype(dtype) for *_, dtype in program.variables]),
+            ([args[pos] for pos, _ in program.assigned], [_tf_dtype(dtype) for _, dtype in program.assigned],
+             [_static(v.type) for v in program.executor.plan.graph.outputs[n_out:]]))
+    for (key, _, _), value in zip(program.variables, program.io.read([args[pos] for _, pos, _ in program.variables])):
+        feeds[key] = value
     if threads is not None:
         with threads:
             results = program.executor.run(feeds)
     else:
         results = program.executor.run(feeds)
     feeds.clear()  # drop the views of TF's buffers: TF then writes into them in place
-    n_out = sum(c if isinstance(c, int) else c[1] for c in program.outputs)
     new = results[n_out:]
     del results[n_out:]
-    for (pos, _), value in zip(program.assigned, handoff(new, [dtype for _, dtype in program.assigned])):
-        fast.assign(args[pos], value)
+    program.io.write([args[pos] for pos, _ in program.assigned], handoff(new, [dtype for _, dtype in program.assigned]))
     flat, it = [], iter(results[:n_out])
     for entry in program.outputs:
         if entry == 1:

@@ -74,6 +74,8 @@ def conv(ctx: Context, op):
     x, w = ctx.inputs(op)
     _, last = _format(ctx, op)
     rank = len(ctx.attr(op, "strides"))
+    if op.type == "Conv2D" and w.const is None:  # a trained filter: TF's layouts, no transposes
+        return [ctx.node("TFConv", [x, w], domain="opencann", **_tf_conv_attrs(ctx, op, rank))]
     channels = _static_dim(ctx, op, 0, -1 if last else 1)
     if op.type == "DepthwiseConv2dNative":
         kernel = [_static_dim(ctx, op, 1, a) for a in range(rank - 2)]
@@ -107,6 +109,10 @@ def pool(ctx: Context, op):
     ksize, strides = ctx.attr(op, "ksize"), ctx.attr(op, "strides")
     rank = len(ksize)
     attrs = _pool_attrs(ctx, op, last, ksize, strides)
+    if op.type == "MaxPool" and last:
+        return [ctx.node("TFMaxPool", [ctx.input(op, 0)], domain="opencann", ksize=list(ksize),
+                         strides=list(strides), padding=ctx.attr(op, "padding"), data_format=_format(ctx, op)[0],
+                         explicit_paddings=list(ctx.attr(op, "explicit_paddings", [])))]
     if op.type.startswith("Avg"):
         attrs["count_include_pad"] = 0
     onnx_op = "MaxPool" if op.type.startswith("Max") else "AveragePool"
@@ -134,11 +140,15 @@ def fused_batch_norm(ctx: Context, op):
 @tf_op(*GRADS)
 def conv_grad(ctx: Context, op):
     kernel, depthwise = GRADS[op.type]
-    fmt, _ = _format(ctx, op)
     rank = len(ctx.attr(op, "strides"))
-    return [ctx.node(kernel, ctx.inputs(op), domain="opencann", strides=list(ctx.attr(op, "strides")),
-                     padding=ctx.attr(op, "padding"), explicit_paddings=list(ctx.attr(op, "explicit_paddings", [])),
-                     dilations=list(ctx.attr(op, "dilations") or [1] * rank), data_format=fmt, depthwise=depthwise)]
+    return [ctx.node(kernel, ctx.inputs(op), domain="opencann", depthwise=depthwise, **_tf_conv_attrs(ctx, op, rank))]
+
+
+def _tf_conv_attrs(ctx: Context, op, rank: int) -> dict:
+    """A TF convolution's attributes as the opencann TF-layout kernels take them."""
+    return {"strides": list(ctx.attr(op, "strides")), "padding": ctx.attr(op, "padding"),
+            "explicit_paddings": list(ctx.attr(op, "explicit_paddings", [])),
+            "dilations": list(ctx.attr(op, "dilations") or [1] * rank), "data_format": _format(ctx, op)[0]}
 
 
 @tf_op("MaxPoolGrad", "MaxPool3DGrad", "AvgPoolGrad", "AvgPool3DGrad")

@@ -27,7 +27,30 @@ REDUCE = {"Sum": "ReduceSum", "Mean": "ReduceMean", "Max": "ReduceMax", "Min": "
 
 @tf_op(*BINARY)
 def binary(ctx: Context, op):
+    if op.type == "Mul":
+        gradient = _softmax_gradient(ctx, op)
+        if gradient is not None:
+            return [gradient]
     return [fold(ctx, BINARY[op.type], ctx.inputs(op))]
+
+
+def _softmax_gradient(ctx: Context, op):
+    """TensorFlow's gradient of ``y = Softmax(x)``, ``(g - Sum(g * y, -1, keep_dims)) * y``, as one
+    ``opencann::SoftmaxGrad(g, y)`` (None when ``op``, a Mul, does not end that pattern)."""
+    for i in (0, 1):
+        sub, y = op.inputs[i], op.inputs[1 - i]
+        if sub.op.type != "Sub" or y.op.type != "Softmax":
+            continue
+        g, total = sub.op.inputs
+        reduce_op = total.op
+        if reduce_op.type != "Sum" or not ctx.attr(reduce_op, "keep_dims") or not y.shape.rank:
+            continue
+        axes, product = ctx.const_value(reduce_op, 1), reduce_op.inputs[0]
+        if axes is None or np.size(axes) != 1 or int(np.ravel(axes)[0]) % y.shape.rank != y.shape.rank - 1:
+            continue
+        if product.op.type == "Mul" and {t.ref() for t in product.op.inputs} == {g.ref(), y.ref()}:
+            return fold(ctx, "SoftmaxGrad", [ctx.input(sub.op, 0), ctx.input(op, 1 - i)], domain="opencann")
+    return None
 
 
 @tf_op(*UNARY)
@@ -175,6 +198,11 @@ def cast(ctx: Context, op):
 def reduce(ctx: Context, op):
     x, axes = ctx.input(op, 0), ctx.input(op, 1)
     keep = int(bool(ctx.attr(op, "keep_dims", False)))
+    if op.type == "Sum":
+        total = None if keep else _summed_weight_gradient(ctx, op)
+        total = _sum_of_no_axes(ctx, op, x) if total is None else total
+        if total is not None:
+            return [total]
     axes64 = fold(ctx, "Reshape", [fold(ctx, "Cast", [axes], to=7), ctx.const(np.array([-1], np.int64))])
     if op.type in ("All", "Any"):
         as_int = fold(ctx, "Cast", [x], to=6)
@@ -201,3 +229,42 @@ def _swap(ctx: Context, v, op, i: int):
     if rank is None:
         return fold(ctx, "Einsum", [v], equation="...ij->...ji")
     return fold(ctx, "Transpose", [v], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+
+
+def _summed_weight_gradient(ctx: Context, op):
+    """``Sum(BatchMatMul(x, g, adj_x=True), batch axes)``, TensorFlow's gradient of a weight shared across a batch
+    (``x @ w`` with a 2-D ``w``: Dense/EinsumDense on a sequence), as one ``Gemm(x2, g2, transA=1)`` over the rows of
+    ``x`` and ``g`` flattened to 2-D: one large product instead of a stack of small ones and a reduction. None when
+    the Sum is not that. The batch dimensions must be compatible as far as TensorFlow knows them; in the gradient
+    they are equal (``w`` broadcasts along all of them), and a ``x`` broadcasting at run time fails the Gemm's
+    shape check rather than computing something else."""
+    mm = op.inputs[0].op
+    if mm.type not in ("BatchMatMulV2", "BatchMatMulV3", "BatchMatMul") or not ctx.attr(mm, "adj_x") \
+            or ctx.attr(mm, "adj_y") or len({mm.inputs[0].dtype, mm.inputs[1].dtype, mm.outputs[0].dtype}) != 1:
+        return None
+    xs, gs = mm.inputs[0].shape, mm.inputs[1].shape
+    if xs.rank is None or xs.rank < 3 or gs.rank != xs.rank or None in (xs[-1], gs[-1]) \
+            or not xs[:-1].is_compatible_with(gs[:-1]) or not _all_batch_axes(ctx, op, xs.rank - 2):
+        return None
+    x2, g2 = (fold(ctx, "Reshape", [ctx.input(mm, i), ctx.const(np.array([-1, n], np.int64))])
+              for i, n in ((0, xs[-1]), (1, gs[-1])))
+    return fold(ctx, "Gemm", [x2, g2], transA=1)
+
+
+def _all_batch_axes(ctx: Context, op, n: int) -> bool:
+    """Whether the axes input of Sum ``op`` is ``0 .. n-1``: a constant, or (batch dimensions TensorFlow does not
+    know) the reduction axes ``BroadcastGradientArgs`` gives an operand with no batch dimensions against ``n``."""
+    axes = ctx.const_value(op, 1)
+    if axes is not None:
+        return sorted(int(a) % (n + 2) for a in np.ravel(axes)) == list(range(n))
+    t = op.inputs[1]
+    if t.op.type != "BroadcastGradientArgs":
+        return False
+    mine, other = t.op.inputs[t.value_index].shape, t.op.inputs[1 - t.value_index].shape
+    return mine.rank == other.rank == 1 and mine[0] == 0 and other[0] == n
+
+
+def _sum_of_no_axes(ctx: Context, op, x):
+    """A Sum over no axes (TensorFlow's gradients emit them) as ``x`` itself, not a copy; None for other Sums."""
+    axes = ctx.const_value(op, 1)
+    return fold(ctx, "Identity", [x]) if axes is not None and np.size(axes) == 0 else None

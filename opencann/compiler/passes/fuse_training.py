@@ -1,0 +1,181 @@
+"""Fewer launches for training graphs (the TF adapter runs these after the pipeline): optimizer updates
+chained per variable, and a while loop's gradient accumulators pushed and popped in one node.
+
+Keras 3's optimizers update each variable with a dozen small elementwise ops (Adam: the two moment updates,
+the square root, the division, the subtraction). Below ``fuse_elementwise``'s size limit these stay single
+nodes — 200 to 300 launches a step for a small model. :func:`chain_updates` finds, for every new variable
+value (a graph output), the connected elementwise ops of that value's shape that compute it and are read
+nowhere else, and replaces each such group by one ``opencann::ElementwiseChain`` node: the same NumPy ufuncs
+in the same order (bit-identical results), run by one kernel without the executor's per-node cost. Scalars
+(learning rate, bias corrections) and everything else stay outside, as inputs. :func:`batch_list_ops` merges
+the TensorList appends (forward loop body) and pops (gradient loop body) of carried lists.
+:func:`hoist_invariants` moves a loop body's work on loop-invariant values (a TF while loop measuring its input
+list for the gradient) in front of the loop.
+"""
+from __future__ import annotations
+
+from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.ops.tf_ops import CHAIN_UFUNCS
+
+MIN_OPS = 2
+HOISTABLE = frozenset({("", "SequenceLength"), ("", "Shape"), ("", "Size"), ("", "Cast"), ("", "Identity"),
+                       ("opencann", "TensorListElementShape")})  # cheap, and never fail where the body would not
+
+
+def chain_updates(graph: Graph, new_values: list[Value]) -> Graph:
+    """Replace the elementwise groups computing ``new_values`` (outputs of ``graph``) by ElementwiseChain
+    nodes, in place; returns the graph."""
+    consumers: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v is not None:
+                consumers.setdefault(id(v), []).append(node)
+    outputs = {id(v) for v in graph.outputs}
+    roots = {id(v.producer) for v in new_values if v.producer is not None and _eligible(v.producer)}
+    chained: set[int] = set()
+    for node in reversed(graph.nodes):  # consumers before producers
+        users = consumers.get(id(node.outputs[0]), []) if _eligible(node) else None
+        if users is None or not all(id(u) in chained for u in users):
+            continue
+        if id(node) in roots or (users and _same_shape(node, users)):
+            chained.add(id(node))
+    groups = _components([n for n in graph.nodes if id(n) in chained])
+    replaced: dict[int, Node] = {}
+    for group in groups:
+        if len(group) >= MIN_OPS:
+            replaced[id(group[-1])] = _chain_node(group, outputs, consumers)
+    members = {id(n) for g in groups if id(g[-1]) in replaced for n in g}
+    graph.nodes = [replaced.get(id(n), n) for n in graph.nodes if id(n) not in members or id(n) in replaced]
+    return graph
+
+
+def _eligible(node: Node) -> bool:
+    """A chainable op with a static, non-scalar float output, reading only values of that dtype (the ufunc
+    alone then gives the same values as the op's kernel)."""
+    t = node.outputs[0].type if len(node.outputs) == 1 else None
+    return (node.op in CHAIN_UFUNCS and not node.domain and isinstance(t, TensorType) and t.is_static
+            and t.dtype.kind == "f" and len(t.shape) > 0 and all(_dtype(v) == t.dtype for v in node.inputs))
+
+
+def _dtype(v: Value | None):
+    if v is None:
+        return None
+    return v.const.dtype if v.const is not None else getattr(v.type, "dtype", None)
+
+
+def _same_shape(node: Node, users: list[Node]) -> bool:
+    return all(u.outputs[0].type.shape == node.outputs[0].type.shape for u in users)
+
+
+def _components(nodes: list[Node]) -> list[list[Node]]:
+    """Connected groups of ``nodes`` (in graph order) through the values they pass each other."""
+    parent = {id(n): id(n) for n in nodes}
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for n in nodes:
+        for v in n.inputs:
+            if v is not None and v.producer is not None and id(v.producer) in parent:
+                parent[find(id(v.producer))] = find(id(n))
+    groups: dict[int, list[Node]] = {}
+    for n in nodes:
+        groups.setdefault(find(id(n)), []).append(n)
+    return list(groups.values())
+
+
+def _chain_node(group: list[Node], outputs: set[int], consumers: dict[int, list[Node]]) -> Node:
+    """One ElementwiseChain for ``group``: ``ops`` names the ufuncs, ``operands`` two slots per op (-1: none)
+    in a list of the node's inputs followed by each op's result, ``results`` the slots it returns."""
+    produced = {id(n.outputs[0]): i for i, n in enumerate(group)}
+    inputs: list[Value] = []
+    slot: dict[int, int] = {}
+    for n in group:
+        for v in n.inputs:
+            if id(v) not in produced and id(v) not in slot:
+                slot[id(v)] = len(inputs)
+                inputs.append(v)
+    base = len(inputs)
+    operands: list[int] = []
+    for n in group:
+        refs = [produced[id(v)] + base if id(v) in produced else slot[id(v)] for v in n.inputs]
+        operands += (refs + [-1])[:2]
+    members = {id(n) for n in group}
+    kept = [n.outputs[0] for n in group if id(n.outputs[0]) in outputs
+            or any(id(u) not in members for u in consumers.get(id(n.outputs[0]), []))]
+    results = [produced[id(v)] + base for v in kept]
+    return Node("ElementwiseChain", inputs, kept, {"ops": [n.op for n in group], "operands": operands,
+                                                  "results": results}, name=f"{group[-1].name}/chain",
+                domain="opencann")
+
+
+def batch_list_ops(graph: Graph) -> Graph:
+    """In ``graph`` and every loop body in it: the appends to carried TensorLists whose results only leave
+    the body become one ``opencann::TensorListPushBackMany`` node, the pops of carried lists whose rest
+    only leaves the body one ``opencann::TensorListPopBackMany`` (a while loop's gradient accumulators:
+    ~13 pushes an iteration forward, as many pops backward). In place; returns the graph."""
+    for node in graph.nodes:
+        for body in node.subgraphs.values():
+            batch_list_ops(body)
+    inputs, outputs = {id(v) for v in graph.inputs}, {id(v) for v in graph.outputs}
+    read = {id(v) for n in graph.nodes for v in n.inputs if v is not None}
+
+    def carried(n: Node) -> bool:
+        return id(n.inputs[0]) in inputs and id(n.outputs[0]) in outputs and id(n.outputs[0]) not in read
+
+    pushes = [n for n in graph.nodes if n.op == "SequenceInsert" and not n.domain and len(n.inputs) == 2
+              and carried(n)]
+    pops = [n for n in graph.nodes if n.op == "TensorListPopBack" and n.domain == "opencann" and carried(n)
+            and (n.inputs[1].const is not None or id(n.inputs[1]) in inputs)]
+    nodes = graph.nodes
+    if len(pops) >= MIN_OPS:
+        merged = Node("TensorListPopBackMany", [n.inputs[0] for n in pops] + [n.inputs[1] for n in pops],
+                      [n.outputs[0] for n in pops] + [n.outputs[1] for n in pops],
+                      {"element_dtypes": [n.attrs["element_dtype"] for n in pops]}, name=f"{pops[0].name}/many",
+                      domain="opencann")
+        nodes = [merged] + [n for n in nodes if n not in pops]
+    if len(pushes) >= MIN_OPS:
+        merged = Node("TensorListPushBackMany", [n.inputs[0] for n in pushes] + [n.inputs[1] for n in pushes],
+                      [n.outputs[0] for n in pushes], name=f"{pushes[0].name}/many", domain="opencann")
+        nodes = [n for n in nodes if n not in pushes] + [merged]
+    graph.nodes = nodes
+    return graph
+
+
+def hoist_invariants(graph: Graph) -> Graph:
+    """In ``graph`` and its subgraphs: the :data:`HOISTABLE` nodes of a Loop body that read only loop-invariant
+    values (carried values the body returns unchanged, values captured from outside, other such nodes' results)
+    move in front of the Loop: they run once, not once per iteration. In place; returns the graph."""
+    nodes = []
+    for node in graph.nodes:
+        for body in node.subgraphs.values():
+            hoist_invariants(body)
+        if node.op == "Loop" and not node.domain and "body" in node.attrs:
+            nodes.extend(_hoist(node, node.attrs["body"]))
+        nodes.append(node)
+    graph.nodes = nodes
+    return graph
+
+
+def _hoist(loop: Node, body: Graph) -> list[Node]:
+    """The nodes taken out of ``body`` (their invariant carried inputs replaced by the Loop's own inputs)."""
+    outer: dict[int, Value] = {}  # id(body input) -> the Loop input it always equals
+    for j, v in enumerate(loop.inputs[2:]):
+        inner = body.inputs[2 + j] if 2 + j < len(body.inputs) else None
+        if v is not None and inner is not None and 1 + j < len(body.outputs) and body.outputs[1 + j] is inner:
+            outer[id(inner)] = v
+    local = {id(v) for v in body.values()}
+    moved: list[Node] = []
+    for node in body.nodes:
+        if (node.domain, node.op) in HOISTABLE and not node.subgraphs and node.inputs and \
+                all(v is not None and (id(v) in outer or id(v) not in local) for v in node.inputs):
+            node.inputs = [outer.get(id(v), v) for v in node.inputs]
+            local.difference_update(id(v) for v in node.outputs)
+            moved.append(node)
+    if moved:
+        taken = {id(n) for n in moved}
+        body.nodes = [n for n in body.nodes if id(n) not in taken]
+    return moved

@@ -1,0 +1,212 @@
+"""The fast CPU kernels of TF training ops (:mod:`opencann.ops.cpu_tf`) against the NumPy reference kernels
+(:mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops`): the CNN benchmark's shapes and the edge cases
+(few and many channels, strides, dilations, SAME/VALID/EXPLICIT padding, NCHW, planned outputs)."""
+import numpy as np
+import pytest
+
+from opencann.compiler.ir import Node, TensorType, Value
+from opencann.compiler.passes.shape_inference import infer_node
+from opencann.ops import cpu_tf, tf_nn, tf_ops, tf_stateless
+
+RNG = np.random.default_rng(0)
+
+# (input NHWC, filter, strides, padding, explicit_paddings, dilations)
+CONV = {
+    "first_layer": ((32, 28, 28, 1), (3, 3, 1, 16), 1, "VALID", [], 1),  # few channels: tap-major windows
+    "second_layer": ((32, 13, 13, 16), (3, 3, 16, 32), 1, "SAME", [], 1),
+    "stride2_same": ((2, 9, 8, 6), (3, 3, 6, 5), 2, "SAME", [], 1),
+    "stride3_few": ((2, 9, 8, 3), (3, 2, 3, 4), 3, "SAME", [], 1),
+    "explicit": ((2, 9, 8, 6), (3, 3, 6, 5), 2, "EXPLICIT", [0, 0, 1, 2, 0, 1, 0, 0], 1),
+    "dilated": ((2, 9, 8, 5), (3, 3, 5, 4), 1, "SAME", [], 2),
+    "dilated_few": ((2, 9, 8, 2), (2, 3, 2, 4), 1, "VALID", [], 2),
+}
+
+
+def attrs(case, data_format="NHWC"):
+    _, _, s, padding, explicit, d = CONV[case]
+    if data_format == "NCHW":
+        explicit = explicit[:2] + explicit[6:] + explicit[2:6] if explicit else []
+        return dict(strides=[1, 1, s, s], padding=padding, explicit_paddings=explicit, dilations=[1, 1, d, d],
+                    data_format="NCHW")
+    return dict(strides=[1, s, s, 1], padding=padding, explicit_paddings=explicit, dilations=[1, d, d, 1])
+
+
+def operands(case):
+    x_shape, w_shape = CONV[case][:2]
+    x = RNG.standard_normal(x_shape).astype(np.float32)
+    w = RNG.standard_normal(w_shape).astype(np.float32)
+    dy = tf_nn.tf_conv(x, w, **attrs(case))
+    return x, w, RNG.standard_normal(dy.shape).astype(np.float32)
+
+
+def close(got, expected, rtol=2e-5):
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * float(np.abs(expected).max(initial=1.0)))
+
+
+def nchw(a):
+    return np.ascontiguousarray(np.moveaxis(a, -1, 1))
+
+
+@pytest.mark.parametrize("case", CONV)
+def test_conv_forward_and_gradients_match_the_reference(case):
+    x, w, dy = operands(case)
+    kw = attrs(case)
+    close(cpu_tf.tf_conv(x, w, **kw), tf_nn.tf_conv(x, w, **kw))
+    sizes = np.array(w.shape, np.int32)
+    close(cpu_tf.conv_backprop_filter(x, sizes, dy, **kw), tf_nn.conv_backprop_filter(x, sizes, dy, **kw))
+    shape = np.array(x.shape, np.int32)
+    close(cpu_tf.conv_backprop_input(shape, w, dy, **kw), tf_nn.conv_backprop_input(shape, w, dy, **kw))
+
+
+@pytest.mark.parametrize("case", ["stride3_few", "explicit"])
+def test_convs_of_large_batches_go_by_groups_of_images(case, monkeypatch):
+    x, w, dy = operands(case)
+    kw = attrs(case)
+    monkeypatch.setattr(cpu_tf, "TILE_ELEMENTS", x[0].size * 9 // 2)  # one image per group
+    assert len(cpu_tf._tiles(len(x), x[0].size * 9)) == len(x)
+    close(cpu_tf.tf_conv(x, w, **kw), tf_nn.tf_conv(x, w, **kw))
+    sizes = np.array(w.shape, np.int32)
+    close(cpu_tf.conv_backprop_filter(x, sizes, dy, **kw), tf_nn.conv_backprop_filter(x, sizes, dy, **kw))
+    shape = np.array(x.shape, np.int32)
+    close(cpu_tf.conv_backprop_input(shape, w, dy, **kw), tf_nn.conv_backprop_input(shape, w, dy, **kw))
+
+
+@pytest.mark.parametrize("case", ["second_layer", "explicit", "dilated_few"])
+def test_conv_nchw_matches_nhwc(case):
+    x, w, dy = operands(case)
+    kw, kc = attrs(case), attrs(case, "NCHW")
+    close(np.moveaxis(cpu_tf.tf_conv(nchw(x), w, **kc), 1, -1), tf_nn.tf_conv(x, w, **kw))
+    sizes = np.array(w.shape, np.int32)
+    close(cpu_tf.conv_backprop_filter(nchw(x), sizes, nchw(dy), **kc), tf_nn.conv_backprop_filter(x, sizes, dy, **kw))
+    shape = np.array(nchw(x).shape, np.int32)
+    close(np.moveaxis(cpu_tf.conv_backprop_input(shape, w, nchw(dy), **kc), 1, -1),
+          tf_nn.conv_backprop_input(np.array(x.shape), w, dy, **kw))
+
+
+def test_conv_writes_a_planned_output_and_never_its_input():
+    x, w, _ = operands("second_layer")
+    expected = tf_nn.tf_conv(x, w, **attrs("second_layer"))
+    out = np.empty(expected.shape, np.float32)
+    assert cpu_tf.tf_conv(x, w, out=out, **attrs("second_layer")) is out
+    close(out, expected)
+    y = cpu_tf.tf_conv(x, w, out=x, **attrs("second_layer"))  # x may be offered when it dies at the node
+    assert not np.shares_memory(y, x)
+    close(y, expected)
+
+
+def test_grouped_and_float64_convs_take_the_reference():
+    x = RNG.standard_normal((2, 7, 6, 4)).astype(np.float32)
+    w = RNG.standard_normal((3, 3, 2, 6)).astype(np.float32)
+    kw = dict(strides=[1, 1, 1, 1], padding="SAME")
+    close(cpu_tf.tf_conv(x, w, **kw), tf_nn.tf_conv(x, w, **kw))
+    got = cpu_tf.tf_conv(x.astype(np.float64), w.astype(np.float64), **kw)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, tf_nn.tf_conv(x, w, **kw), rtol=1e-5, atol=1e-5)
+
+
+POOLS = [((32, 26, 26, 16), 2, 2, "VALID", []), ((2, 9, 8, 3), 2, 2, "VALID", []), ((2, 9, 8, 3), 3, 2, "SAME", []),
+         ((2, 9, 8, 3), 2, 3, "SAME", []), ((2, 9, 8, 3), 3, 1, "VALID", []),
+         ((2, 7, 6, 3), 3, 2, "EXPLICIT", [0, 0, 1, 2, 2, 0, 0, 0])]
+
+
+@pytest.mark.parametrize("shape, k, s, padding, explicit", POOLS)
+def test_max_pool_and_gradient_match_the_reference(shape, k, s, padding, explicit):
+    x = np.maximum(np.round(RNG.standard_normal(shape), 1), 0).astype(np.float32)  # ties: the first maximum
+    kw = dict(ksize=[1, k, k, 1], strides=[1, s, s, 1], padding=padding, explicit_paddings=explicit)
+    y = cpu_tf.tf_max_pool(x, **kw)
+    close(y, tf_nn.tf_max_pool(x, **kw))
+    g = RNG.standard_normal(y.shape).astype(np.float32)
+    close(cpu_tf.max_pool_grad(x, y, g, **kw), tf_nn.max_pool_grad(x, y, g, **kw))
+    kc = dict(kw, ksize=[1, 1, k, k], strides=[1, 1, s, s], data_format="NCHW",
+              explicit_paddings=explicit[:2] + explicit[6:] + explicit[2:6] if explicit else [])
+    close(np.moveaxis(cpu_tf.tf_max_pool(nchw(x), **kc), 1, -1), tf_nn.tf_max_pool(x, **kw))
+
+
+def test_max_pool_propagates_nan():
+    x = RNG.standard_normal((1, 4, 4, 2)).astype(np.float32)
+    x[0, 1, 0, 1] = np.nan
+    y = cpu_tf.tf_max_pool(x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="VALID")
+    assert np.isnan(y[0, 0, 0, 1]) and np.isfinite(np.delete(y.ravel(), 1)).all()
+
+
+@pytest.mark.parametrize("shape", [(32, 26, 26, 16), (32, 10), (3, 5, 7, 2, 3)])
+def test_bias_add_grad_matches_the_exact_sum(shape):
+    g = (RNG.standard_normal(shape) + 0.5).astype(np.float32)
+    exact = g.astype(np.float64).sum(axis=tuple(range(g.ndim - 1)))
+    got = cpu_tf.bias_add_grad(g)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, exact, rtol=1e-6)
+    nc = nchw(g) if g.ndim == 4 else g
+    close(cpu_tf.bias_add_grad(nc, data_format="NCHW"), tf_ops.bias_add_grad(nc, data_format="NCHW"), 1e-5)
+
+
+def test_relu_grad_matches_the_reference():
+    g, f = RNG.standard_normal((2, 3, 50, 7)).astype(np.float32), RNG.standard_normal((2, 3, 50, 7)).astype(np.float32)
+    close(cpu_tf.relu_grad(g, f), tf_ops.relu_grad(g, f), 0)
+
+
+@pytest.mark.parametrize("fmt, x, expected", [("NHWC", (32, 28, 28, 1), (32, 14, 14, 16)),
+                                              ("NCHW", (32, 1, 28, 28), (32, 16, 14, 14))])
+def test_shape_inference_of_forward_window_ops(fmt, x, expected):
+    spatial = [1, 2, 2, 1] if fmt == "NHWC" else [1, 1, 2, 2]
+    conv = Node("TFConv", [Value("x", TensorType(np.float32, x)), Value("w", TensorType(np.float32, (3, 3, 1, 16)))],
+                [Value("y")], dict(strides=spatial, padding="SAME", data_format=fmt), domain="opencann")
+    assert infer_node(conv, {"opencann": 1})[0] == TensorType(np.float32, expected)
+    pool = Node("TFMaxPool", [Value("x", TensorType(np.float32, (*expected[:1], "n", *expected[2:])))], [Value("y")],
+                dict(ksize=spatial, strides=spatial, padding="VALID", data_format=fmt), domain="opencann")
+    want = (32, "n", 7, 7) if fmt == "NCHW" else (32, None, None, 16)  # a symbolic size: unknown outputs
+    assert infer_node(pool, {"opencann": 1})[0] == TensorType(np.float32, want)
+
+
+@pytest.mark.parametrize("mode", ["training", "inference", "running_average"])
+def test_fused_batch_norm_and_gradient_match_the_reference(mode):
+    x = (RNG.standard_normal((32, 13, 13, 32)) * 2 + 1).astype(np.float32)
+    scale, offset, mean = (RNG.standard_normal(32).astype(np.float32) for _ in range(3))
+    var = RNG.random(32).astype(np.float32) + 0.5
+    kw = dict(epsilon=1e-3, is_training=int(mode != "inference"),
+              exponential_avg_factor=0.3 if mode == "running_average" else 1.0)
+    got = cpu_tf.fused_batch_norm(x, scale, offset, mean, var, **kw)
+    expected = tf_nn.fused_batch_norm(x, scale, offset, mean, var, **kw)
+    for g, e in zip(got, expected, strict=True):
+        close(g, e, 1e-5)
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    kg = dict(epsilon=1e-3, is_training=kw["is_training"])
+    got = cpu_tf.fused_batch_norm_grad(dy, x, scale, expected[3], expected[4], expected[5], **kg)
+    for g, e in zip(got, tf_nn.fused_batch_norm_grad(dy, x, scale, expected[3], expected[4], **kg), strict=True):
+        close(g, e)
+
+
+def test_fused_batch_norm_nchw_and_float16_take_the_reference():
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float16)
+    scale, offset = np.ones(3, np.float32), np.zeros(3, np.float32)
+    empty = np.zeros(0, np.float32)
+    kw = dict(epsilon=1e-3, data_format="NCHW", n_outputs=3)
+    for g, e in zip(cpu_tf.fused_batch_norm(x, scale, offset, empty, empty, **kw),
+                    tf_nn.fused_batch_norm(x, scale, offset, empty, empty, **kw), strict=True):
+        assert g.dtype == e.dtype
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("shape, counter, alg", [((32, 13, 13, 8), (5, 7), 1), ((3, 5, 7), (2**64 - 3, 2**40 + 9), 3),
+                                                 ((0, 4), (0, 0), 1)])
+def test_stateless_uniform_is_bit_exact(shape, counter, alg):
+    key, _ = tf_stateless.key_counter(np.array([1, 2]))
+    args = (np.array(shape), key, np.array(counter, np.uint64), np.int32(alg))
+    got, expected = cpu_tf.stateless_random_uniform_v2(*args), tf_stateless.uniform_v2(*args)
+    assert got.dtype == expected.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    double = cpu_tf.stateless_random_uniform_v2(*args, dtype=11)  # float64: the reference
+    np.testing.assert_array_equal(double, tf_stateless.uniform_v2(*args, dtype=11))
+
+
+def test_empty_batches_and_outputs():
+    w = RNG.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    x, dy = np.zeros((0, 5, 5, 3), np.float32), np.zeros((0, 5, 5, 4), np.float32)
+    kw = dict(strides=[1, 1, 1, 1], padding="SAME")
+    assert cpu_tf.tf_conv(x, w, **kw).shape == (0, 5, 5, 4)
+    np.testing.assert_array_equal(cpu_tf.conv_backprop_filter(x, np.array(w.shape), dy, **kw), np.zeros(w.shape))
+    assert cpu_tf.conv_backprop_input(np.array(x.shape), w, dy, **kw).shape == x.shape
+    small = np.ones((2, 2, 2, 3), np.float32)  # VALID windows larger than the image: no outputs
+    assert cpu_tf.tf_conv(small, w, strides=[1, 1, 1, 1], padding="VALID").shape == (2, 0, 0, 4)
+    assert tf_nn.tf_conv(small, w, strides=[1, 1, 1, 1], padding="VALID").shape == (2, 0, 0, 4)
