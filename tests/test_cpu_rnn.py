@@ -172,3 +172,28 @@ def test_plain_lstm_lane_matches_reference_with_constant_weights(batch, monkeypa
     got = fast(x.astype(np.float64), w, r, b, None, h0, c0)  # float64: the general driver
     assert len(seen) == 3
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def test_plain_lstm_bias_sum_is_kept_only_for_a_constant_bias():
+    """``Wb + Rb`` is computed once for a constant bias; a plain array is summed anew on each call."""
+    rng = np.random.default_rng(4)
+    const, plain = (rng.standard_normal((1, 16)).astype(np.float32) for _ in range(2))
+    cpu_rnn.blas.constant(const)
+    first = cpu_rnn._bias_sum(const, 2)
+    np.testing.assert_array_equal(first, const[0, :8] + const[0, 8:])
+    assert cpu_rnn._bias_sum(const, 2) is first
+    before = cpu_rnn._bias_sum(plain, 2)
+    plain += 1.0
+    np.testing.assert_allclose(cpu_rnn._bias_sum(plain, 2), before + 2.0, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(cpu_rnn._bias_sum(None, 2), np.zeros(8, np.float32))
+
+
+@pytest.mark.parametrize("hidden", [3, 8, 13, 64])
+def test_project_matches_numpy(hidden):
+    """The recurrent mat-vec (rows of ``R^T`` four at a time, then the rest) against NumPy, at a column offset."""
+    rng = np.random.default_rng(hidden)
+    rt = rng.standard_normal((hidden, 40)).astype(np.float32)
+    h, bias = rng.standard_normal(hidden).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    z = np.empty(7, np.float32)
+    cpu_rnn._project(z, h, rt, bias, 3)
+    np.testing.assert_allclose(z, bias + h @ rt[:, 3:10], rtol=1e-5, atol=1e-5)

@@ -157,3 +157,30 @@ def test_stream_errors_surface_at_synchronize():
         stream.synchronize()
     assert e.value.code == ErrorCode.INTERNAL_ERROR
     stream.destroy()
+
+
+class CountingScope(dict):
+    """An enclosing scope that counts its lookups."""
+
+    reads = 0
+
+    def __getitem__(self, name):
+        self.reads += 1
+        return super().__getitem__(name)
+
+
+def test_a_body_reads_its_captured_values_once_per_scope():
+    from opencann.runtime.executor import Plan, Subgraph
+
+    i, w, t, y = Value("i", TensorType(np.float32, (2,))), Value("w"), Value("t"), Value("y")
+    c = Value("c", const=np.float32(2))
+    body = Graph(inputs=[i], outputs=[y], nodes=[Node("Mul", [i, w], [t]), Node("Add", [t, c], [y])],
+                 initializers=[c], opsets={"": 17})
+    scope = CountingScope(w=np.array([3, 4], np.float32), unrelated=np.zeros(1))
+    sub = Subgraph(Plan(body), scope)
+    x = np.array([1, 2], np.float32)
+    for _ in range(3):
+        np.testing.assert_array_equal(sub(x)[0], [5, 10])
+    assert scope.reads == 1  # w, read at the first call only
+    with pytest.raises(AclError, match="takes 1 inputs, got 2"):
+        sub(x, x)

@@ -151,7 +151,7 @@ kernel("Tanh", "cpu")(_unary(lambda x, out: np.tanh(x, out=out), ref_activation.
 @kernel("Gather", "cpu")
 def gather_cpu(data, indices, *, axis=0):
     """``np.take``, which checks the range (no ``out``: checking, it would copy through a buffer anyway)."""
-    ax = ref_indexing._axis(axis, data.ndim, "Gather")
+    ax = 0 if axis == 0 and data.ndim else ref_indexing._axis(axis, data.ndim, "Gather")  # the usual axis: cheaper
     if type(data) is not np.ndarray or type(indices) is not np.ndarray or indices.dtype.kind not in "iu":
         return ref_indexing.gather(data, indices, axis=axis)
     try:

@@ -227,6 +227,13 @@ class Plan:
             vals[slot] = value
         return self._execute(vals, outer)
 
+    def run_bound(self, base: list[Any], inputs: Sequence[Any], outer: Mapping[str, Any]) -> list[Any]:
+        """Run on the graph inputs given in order, from ``base`` (``_workspace(outer)``, made once per scope)."""
+        vals = base.copy()
+        for slot, value in zip(self._input_slots, inputs, strict=False):
+            vals[slot] = value
+        return self._execute(vals, outer)
+
     def _workspace(self, outer: Mapping[str, Any] | None) -> list[Any]:
         vals = self._template.copy()
         if outer is not None:
@@ -293,7 +300,7 @@ class Plan:
         results = result if isinstance(result, tuple) else (result,)
         for slot, value in zip(step.out_slots, results, strict=False):
             if slot >= 0:
-                vals[slot] = _normalize(value)
+                vals[slot] = value if type(value) is np.ndarray else _normalize(value)
 
 
 class _Scope(Mapping):
@@ -323,19 +330,24 @@ class _Scope(Mapping):
 
 
 class Subgraph:
-    """A compiled subgraph bound to its enclosing scope: ``body(*inputs) -> list of outputs``."""
+    """A compiled subgraph bound to its enclosing scope: ``body(*inputs) -> list of outputs``. The scope does
+    not change while the operator that calls the body runs: its captured values are read once, at the first
+    call, and every call starts from that workspace."""
 
     def __init__(self, plan: Plan, scope: Mapping[str, Any]):
         self.plan = plan
         self.scope = scope
         self.input_names = plan.input_names
         self.output_names = plan.output_names
+        self._base: list[Any] | None = None
 
     def __call__(self, *inputs: Any) -> list[Any]:
-        if len(inputs) != len(self.plan.input_names):
+        if len(inputs) != len(self.input_names):
             raise AclError(ErrorCode.OP_INPUT_NOT_MATCH, f"subgraph '{self.plan.graph.name}' takes "
-                           f"{len(self.plan.input_names)} inputs, got {len(inputs)}")
-        return self.plan.run_list(inputs, self.scope)
+                           f"{len(self.input_names)} inputs, got {len(inputs)}")
+        if self._base is None:
+            self._base = self.plan._workspace(self.scope)
+        return self.plan.run_bound(self._base, inputs, self.scope)
 
 
 def _call(step: Step, fn: Any) -> Any:

@@ -249,43 +249,47 @@ def test_fast_kernels_are_the_cpu_kernels():
         assert fn.__module__ == "opencann.ops.cpu_tf", name
 
 
-def _slot_update_run(init: np.ndarray, grad: np.ndarray, on_opencann: bool):
-    """Two steps of a Keras-style slot and weight update (one fused group): (w, m, the data addresses of the
-    second step's results on opencann, the adapter)."""
+def _slot_update_run(init: np.ndarray, grad: np.ndarray, on_opencann: bool, rate: float | None = None):
+    """Two steps of a Keras-style slot and weight update (one fused group; ``rate``: its step size as a rank-0
+    argument, like Adam's): (w, m, the data addresses of the second step's results on opencann, the adapter)."""
     from tests.tf.harness import oc, tf
 
     w, m = tf.Variable(init[0]), tf.Variable(init[1])
 
     @tf.function
-    def step(g):
+    def step(g, lr):
         m.assign(m * 0.9 + g * 0.1)
-        w.assign_sub(m * 0.01 / (tf.sqrt(tf.abs(m)) + 1e-7))
+        w.assign_sub(m * lr / (tf.sqrt(tf.abs(m)) + 1e-7))
         return tf.reduce_sum(g)
 
+    lr = 0.01 if rate is None else tf.constant(rate)  # a Python float is a constant of the trace
+
     adapter = oc.enable() if on_opencann else None
-    step(tf.constant(grad))
+    step(tf.constant(grad), lr)
     produced = []
     if adapter is not None:  # record where the second step's results live
         (program,) = adapter.programs.values()
         run = program.executor.run
         program.executor.run = lambda feeds: (lambda out: produced.extend(o.ctypes.data for o in out) or out)(
             run(feeds))
-    step(tf.constant(grad * 0.5))
+    step(tf.constant(grad * 0.5), lr)
     oc.disable()
     return w, m, produced, adapter
 
 
-def test_large_variable_updates_are_aligned_and_adopted():
+@pytest.mark.parametrize("rate", [None, 0.01])
+def test_large_variable_updates_are_aligned_and_adopted(rate):
     """A fused group computing new variable values becomes FusedUpdate: its results start on 64-byte
-    boundaries, handoff passes them as they are, TF adopts them, and the values are TensorFlow's."""
+    boundaries (also with a rank-0 input, widened to [1]), handoff passes them as they are, TF adopts them,
+    and the values are TensorFlow's."""
     from opencann.frontends.tensorflow.adapter import handoff
     from opencann.ops.tf_ops import aligned_empty
 
     rng = np.random.default_rng(0)
     init = rng.standard_normal((2, 128, 160)).astype(np.float32)
     grad = rng.standard_normal((128, 160)).astype(np.float32)
-    w_tf, m_tf, _, _ = _slot_update_run(init, grad, False)
-    w, m, produced, adapter = _slot_update_run(init, grad, True)
+    w_tf, m_tf, _, _ = _slot_update_run(init, grad, False, rate)
+    w, m, produced, adapter = _slot_update_run(init, grad, True, rate)
     np.testing.assert_allclose(w.numpy(), w_tf.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(m.numpy(), m_tf.numpy(), rtol=1e-6, atol=1e-6)
     (program,) = adapter.programs.values()
