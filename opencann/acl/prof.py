@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opencann.acl.state import STATE, initialized
 from opencann.errors import AclError, ErrorCode
+from opencann.fileio import write_text
 from opencann.runtime import profiler
 
 ACL_PROF_ACL_API = 0x0001
@@ -154,10 +154,7 @@ def _stop() -> str:
     _PROF.written += 1
     target = os.path.join(_PROF.path, f"opencann_prof_{os.getpid()}_{_PROF.written}.json")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=_PROF.path)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, target)
+        write_text(target, json.dumps(data, indent=1))
     except OSError as exc:
         raise AclError(ErrorCode.WRITE_FILE, f"acl.prof.stop: cannot write {target}: {exc}") from None
     return target

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from opencann.compiler.passes.precision import MODES
 from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.compiler.pipeline import PIPELINE, BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
+from opencann.fileio import write_text
 from opencann.runtime.memory_plan import plan_memory
 
 log = logging.getLogger("opencann.atc")
@@ -121,7 +121,7 @@ def run_atc(args) -> int:
         def after(name: str, g: Graph) -> None:
             log.info("pass %s: %d nodes", name, len(g.nodes))
             if args.dump_passes:
-                _write_text(os.path.join(args.dump_passes, f"{steps.index(name):02d}_{name}.txt"), str(g))
+                write_text(os.path.join(args.dump_passes, f"{steps.index(name):02d}_{name}.txt"), str(g))
             bar.update(task, advance=1, description=f"atc: {name}")
 
         compiled = compile_graph(graph, options_from(args), on_pass=after)
@@ -140,15 +140,6 @@ def _need(value: str | None, flag: str) -> str:
     return value
 
 
-def _write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def describe(compiled: om.CompiledModel) -> dict:
     """A JSON-ready description of a compiled model: its graph with tensor summaries instead of data."""
     header, _ = om.encode(compiled)
@@ -164,7 +155,7 @@ def dump_json(args) -> int:
         compiled = om.load(args.om)
     else:
         compiled = om.CompiledModel(load_graph(args.model, args.framework, args.out_nodes))
-    _write_text(out, json.dumps(describe(compiled), indent=1))
+    write_text(out, json.dumps(describe(compiled), indent=1))
     print(f"ATC run success: wrote {out}")
     return 0
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from opencann.cli.run import load_npy, random_input
 from opencann.errors import AclError, ErrorCode
+from opencann.fileio import write_text
 
 
 def register(sub) -> None:
@@ -73,7 +73,7 @@ def profile_model(args) -> int:
                                               for d, x in zip(descs, inputs)], "warmup": args.warmup, **report}
     show(report, args.by, args.top)
     if args.output:
-        write_json(args.output, report)
+        write_text(args.output, json.dumps(report, indent=1))
         print(f"report written to {args.output}")
     return 0
 
@@ -104,15 +104,3 @@ def show(report: dict, by: str, top: int) -> None:
     console.print(f"run: median {run['median']:.4f} ms, mean {run['mean']:.4f} ms profiled "
                   f"(unprofiled median {plain['median']:.4f} ms); kernels {report['kernel_ms']:.4f} ms, "
                   f"executor overhead {report['overhead_ms']:.4f} ms per run", highlight=False)
-
-
-def write_json(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
