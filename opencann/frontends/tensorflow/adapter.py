@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from opencann.compiler.ir import Node, TensorType, Value
+from opencann.compiler.ir import Value
 from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates, hoist_invariants
 from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
@@ -117,30 +117,10 @@ def _aligned_updates(graph, n_results: int) -> None:
     """Fused elementwise groups that compute new variable values (graph outputs after the first
     ``n_results``) write them into aligned buffers, which TF adopts without a copy (``opencann::FusedUpdate``)."""
     new_values = {v.name for v in graph.outputs[n_results:]}
-    widened: dict[str, Value] = {}
-    for node in list(graph.nodes):
+    for node in graph.nodes:
         if node.op == "FusedElementwise" and node.domain == "opencann" and \
                 any(v.name in new_values for v in node.outputs):
             node.op = "FusedUpdate"
-            _widen_scalars(graph, node, widened)
-
-
-def _widen_scalars(graph, node, widened: dict[str, Value]) -> None:
-    """Rank-0 inputs (Adam's step size) of a FusedUpdate whose results have rank >= 1 are reshaped to [1]
-    (the same broadcast), once each: the TBE kernel then takes its compiled fast path, which writes the
-    aligned buffers."""
-    if not all(isinstance(v.type, TensorType) and v.type.rank for v in node.outputs):
-        return
-    for k, v in enumerate(node.inputs):
-        if v is None or not isinstance(v.type, TensorType) or v.type.shape != ():
-            continue
-        if v.name not in widened:
-            shape = Value(f"{v.name}/adapter_shape1", const=np.ones(1, np.int64))
-            widened[v.name] = Value(f"{v.name}/adapter_1d", TensorType(v.type.dtype, (1,)))
-            graph.initializers.append(shape)
-            graph.nodes.insert(graph.nodes.index(node), Node("Reshape", [v, shape], [widened[v.name]],
-                                                                name=f"{v.name}/adapter_1d"))
-        node.inputs[k] = widened[v.name]
 
 
 def _register_variable(ctx: Context, t, key: str) -> None:
