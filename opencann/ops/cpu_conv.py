@@ -22,9 +22,9 @@ ResNet-18 and MobileNetV2:
 - few-channel inputs (an RGB stem) gather NCHW windows (NHWC's runs of 3 values are slow) and multiply
   them transposed into NHWC rows.
 
-Depthwise convs (one channel a group) are a direct channels-last Numba loop, vectorised over channels, 3x3
-windows inside the image 2-4 outputs at a time (NCHW ones are transposed around it). Bias, a residual input
-and the activation are applied in one pass over each output tile while it is in cache. MaxPool (without
+Depthwise convs (one channel a group) run :mod:`opencann.ops.cpu_depthwise`'s direct channels-last loop
+(NCHW ones transposed around it). Bias, a residual input and the activation are applied in one pass over each
+output tile while it is in cache (:mod:`opencann.ops.cpu_conv_base` holds that epilogue). MaxPool (without
 indices; channels-last on a chain's NHWC data, handed on as the same kind of view) and AveragePool are direct
 Numba loops too. Other dtypes, ranks and attributes fall back to the reference kernels of
 :mod:`opencann.ops.conv` and :mod:`opencann.ops.pool`, which stay the oracle. The Numba kernels are serial
@@ -36,7 +36,6 @@ are min/max), LeakyRelu (``alpha``), Sigmoid, HardSigmoid (``alpha``, ``beta``) 
 """
 from __future__ import annotations
 
-import threading
 import weakref
 
 import numba
@@ -49,12 +48,12 @@ from opencann.ops import conv as ref_conv
 from opencann.ops import pool as ref_pool
 from opencann.ops.blas import is_constant
 from opencann.ops.blas import sgemm_unpacked as sgemm  # weights are read once a run: MKL packs them best itself
+from opencann.ops.cpu_conv_base import ACTIVATIONS, F32, act, activate, col_range, epilogue, scratch
+from opencann.ops.cpu_depthwise import depthwise_nhwc
 from opencann.ops.cpu_elementwise import output_buffer
 from opencann.ops.elementwise import clip as ref_clip
 from opencann.ops.registry import kernel, op
 
-F32 = np.dtype(np.float32)
-ACTIVATIONS = {"": 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "Sigmoid": 4, "HardSigmoid": 5, "HardSwish": 6}
 TILE_ELEMENTS = 1 << 19  # largest im2col tile (2 MiB of float32): bigger ones are split to stay in the L2 cache
 SMALL_CHANNELS = 8  # channels-last convs of fewer input channels gather their windows from NCHW
 OUT_TILE_ELEMENTS = 1 << 18  # a 1x1 conv's output tile (1 MiB), finished by the epilogue while in the L2 cache
@@ -63,103 +62,11 @@ WINOGRAD_SIZE = 6  # this many output rows and columns and
 WINOGRAD_TILES = 32  # this many 2x2 output tiles in the batch, run as Winograd F(2x2, 3x3)
 WINOGRAD_BLOCK = 1 << 19  # the transformed inputs or outputs of a block of tile rows (2 MiB)
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-_scratch = threading.local()
 _geometries: dict[tuple, tuple | None] = {}  # _geometry's answers
 _winograd_weights: dict[int, np.ndarray] = {}  # id of a constant (3, 3, C, M) weight -> its (16, C, M) transform
 
 
-def _buffer(size: int, name: str = "buf") -> np.ndarray:
-    """This thread's reusable float32 scratch ``name`` of at least ``size`` elements (page faults cost more
-    than GEMMs)."""
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(max(size, 1), dtype=F32)
-        setattr(_scratch, name, buf)
-    return buf[:size]
-
-
 # --- Numba kernels --------------------------------------------------------------------------------
-
-@numba.njit(cache=True)
-def _activate(row, code, a, b):
-    """Apply activation ``code`` to a 1-D float32 row in place (NaN stays NaN, as in the reference)."""
-    n = row.shape[0]
-    if code == 1:
-        for i in range(n):
-            v = row[i]
-            row[i] = 0 if v < 0 else v
-    elif code == 2:
-        for i in range(n):
-            v = row[i]
-            v = a if v < a else v
-            row[i] = b if v > b else v
-    elif code == 3:
-        for i in range(n):
-            v = row[i]
-            row[i] = v * a if v < 0 else v
-    elif code == 4:
-        for i in range(n):
-            row[i] = 1 / (1 + np.exp(-row[i]))
-    elif code == 5:
-        for i in range(n):
-            v = a * row[i] + b
-            v = 0 if v < 0 else v
-            row[i] = 1 if v > 1 else v
-    elif code == 6:
-        for i in range(n):
-            v = row[i] / 6 + np.float32(0.5)
-            v = 0 if v < 0 else v
-            row[i] = row[i] * (1 if v > 1 else v)
-
-
-@numba.njit(inline="always")
-def _act(v, code, a, b):
-    """Activation ``code`` 1-3 (Relu, Clip, LeakyRelu) of one value, any other code: the value (NaN stays NaN)."""
-    if code == 1:
-        return np.float32(0) if v < 0 else v
-    if code == 2:
-        v = a if v < a else v
-        return b if v > b else v
-    if code == 3:
-        return v * a if v < 0 else v
-    return v
-
-
-@numba.njit(cache=True, error_model="numpy", boundscheck=False)
-def _epilogue(y, bias, res, has_res, per_row, code, a, b):
-    """``act(y + bias + res)`` over a C-contiguous 2-D output tile, in place: ``bias`` runs along rows (NCHW
-    ``(M, P)``) when ``per_row``, along columns (NHWC ``(P, M)``) otherwise. Relu, Clip and LeakyRelu are
-    applied in the same pass; the others in a second sweep over the tile as one flat row. Plain 2-D indexing:
-    a view a row would cost a reference count each (twice the time of a 64-channel pixel's sums)."""
-    inline = code <= 3
-    c = code if inline else 0
-    rows, n = y.shape
-    for m in range(rows):
-        if per_row:
-            bm = bias[m]
-            if has_res:
-                for i in range(n):
-                    y[m, i] = _act(y[m, i] + bm + res[m, i], c, a, b)
-            else:
-                for i in range(n):
-                    y[m, i] = _act(y[m, i] + bm, c, a, b)
-        elif has_res:
-            for i in range(n):
-                y[m, i] = _act(y[m, i] + bias[i] + res[m, i], c, a, b)
-        else:
-            for i in range(n):
-                y[m, i] = _act(y[m, i] + bias[i], c, a, b)
-    if not inline:
-        _activate(y.reshape(y.size), code, a, b)
-
-
-@numba.njit(cache=True)
-def _col_range(out, start, step, size):
-    """The output positions ``o`` whose input ``start + o * step`` lies in ``[0, size)``: ``[lo, hi)``."""
-    lo = 0 if start >= 0 else (-start + step - 1) // step
-    hi = 0 if size - 1 - start < 0 else (size - 1 - start) // step + 1
-    return min(lo, out), max(min(hi, out), min(lo, out))
-
 
 @numba.njit(cache=True)
 def _im2col_nchw(phases, cols, kh, kw, sh, dh, dw, ph, pw, oh0, oh1, wo):
@@ -178,7 +85,7 @@ def _im2col_nchw(phases, cols, kh, kw, sh, dh, dw, ph, pw, oh0, oh1, wo):
                 dst = cols[(c * kh + i) * kw + j]
                 off = j * dw - pw
                 r = off % sw
-                lo, hi = _col_range(wo, off, sw, w)
+                lo, hi = col_range(wo, off, sw, w)
                 for oh in range(oh0, oh1):
                     ih = oh * sh - ph + i * dh
                     d = dst[(oh - oh0) * wo:(oh - oh0 + 1) * wo]
@@ -344,106 +251,10 @@ def _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
                 q00, q01, q10, q11 = s0 + s1 + s2 + bk, s1 - s2 - s3 + bk, d0 + d1 + d2 + bk, d1 - d2 - d3 + bk
                 if has_res:
                     q00, q01, q10, q11 = q00 + r00[k], q01 + r01[k], q10 + r10[k], q11 + r11[k]
-                y11[k] = _act(q11, code, a, b)  # y00 last: it stands in for the missing ones
-                y10[k] = _act(q10, code, a, b)
-                y01[k] = _act(q01, code, a, b)
-                y00[k] = _act(q00, code, a, b)
-
-
-@numba.njit(cache=True, error_model="numpy", boundscheck=False)
-def _depthwise_taps(x, w, bias, y, oh, ow, ih0, iw0, dh, dw):
-    """``y[oh, ow] = bias +`` every in-bounds kernel tap of the window at ``(ih0, iw0)`` (plain indexing: no views,
-    whose reference counts cost more than a pixel's sums)."""
-    h, wd, c = x.shape
-    for k in range(c):
-        y[oh, ow, k] = bias[k]
-    for i in range(w.shape[0]):
-        ih = ih0 + i * dh
-        if ih < 0 or ih >= h:
-            continue
-        for j in range(w.shape[1]):
-            iw = iw0 + j * dw
-            if iw < 0 or iw >= wd:
-                continue
-            for k in range(c):
-                y[oh, ow, k] += w[i, j, k] * x[ih, iw, k]
-
-
-@numba.njit(inline="always")
-def _window3(x, ih, iw, k, v, s):
-    """``s +`` the 3x3 window at ``(ih, iw)`` of channel ``k`` times the nine weights ``v``, as one chain of
-    multiply-adds."""
-    s = s + v[0] * x[ih, iw, k] + v[1] * x[ih, iw + 1, k] + v[2] * x[ih, iw + 2, k]
-    s = s + v[3] * x[ih + 1, iw, k] + v[4] * x[ih + 1, iw + 1, k] + v[5] * x[ih + 1, iw + 2, k]
-    return s + v[6] * x[ih + 2, iw, k] + v[7] * x[ih + 2, iw + 1, k] + v[8] * x[ih + 2, iw + 2, k]
-
-
-@numba.njit(inline="always")
-def _group(sw):
-    """How many outputs of column stride ``sw`` :func:`_depthwise3_row` computes at once (the most that LLVM still
-    vectorises over the channels)."""
-    return 4 if sw == 1 else 3 if sw == 2 else 2
-
-
-@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def _depthwise3_row(x, w, bias, y, oh, ih, ow0, ow1, sw, pw):
-    """``y[oh, ow0:ow1] = bias +`` the 3x3 depthwise windows of input rows ``ih..ih+2`` (all inside the image),
-    ``ow1 - ow0`` a multiple of :func:`_group`: each channel's nine weights are loaded once for that many outputs,
-    which share their inputs at strides 1 and 2. Plain indexing (no views: their reference counts cost
-    more than the sums) and few distinct arrays keep the channel loops vectorised."""
-    for ow in range(ow0, ow1, _group(sw)):
-        i0 = ow * sw - pw
-        if sw == 1:
-            for k in range(x.shape[2]):
-                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
-                     w[2, 2, k])
-                bk = bias[k]
-                s0, s1 = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i0 + 1, k, v, bk)
-                s2, s3 = _window3(x, ih, i0 + 2, k, v, bk), _window3(x, ih, i0 + 3, k, v, bk)
-                y[oh, ow, k], y[oh, ow + 1, k], y[oh, ow + 2, k], y[oh, ow + 3, k] = s0, s1, s2, s3
-        elif sw == 2:
-            for k in range(x.shape[2]):
-                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
-                     w[2, 2, k])
-                bk = bias[k]
-                s0, s1 = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i0 + 2, k, v, bk)
-                s2 = _window3(x, ih, i0 + 4, k, v, bk)
-                y[oh, ow, k], y[oh, ow + 1, k], y[oh, ow + 2, k] = s0, s1, s2
-        else:
-            i1 = i0 + sw
-            for k in range(x.shape[2]):
-                v = (w[0, 0, k], w[0, 1, k], w[0, 2, k], w[1, 0, k], w[1, 1, k], w[1, 2, k], w[2, 0, k], w[2, 1, k],
-                     w[2, 2, k])
-                bk = bias[k]
-                y[oh, ow, k], y[oh, ow + 1, k] = _window3(x, ih, i0, k, v, bk), _window3(x, ih, i1, k, v, bk)
-
-
-@numba.njit(cache=True)
-def _depthwise_nhwc(x, w, bias, y, res, has_res, sh, sw, dh, dw, ph, pw, code, a, b):
-    """Direct depthwise conv of one channels-last image: ``x (H, W, C)``, ``w (kh, kw, C)`` -> ``y (ho, wo, C)``.
-
-    The inner loops run over the channels (contiguous), whatever the stride; inside the image, undilated 3x3
-    windows go through :func:`_depthwise3_row` in groups of outputs, the others tap by tap. The residual and
-    the activation are added over each output row once it is done.
-    """
-    h, wd, c = x.shape
-    ho, wo = y.shape[0], y.shape[1]
-    three = w.shape[0] == 3 and w.shape[1] == 3 and dh == 1 and dw == 1
-    lo, hi = _col_range(wo, -pw, sw, wd - 2)  # outputs whose windows' columns lie inside the image
-    group = _group(sw)
-    for oh in range(ho):
-        ih = oh * sh - ph
-        inner = lo + (hi - lo) // group * group if three and ih >= 0 and ih + 2 < h else lo
-        _depthwise3_row(x, w, bias, y, oh, ih, lo, inner, sw, pw)
-        for ow in range(wo):
-            if ow < lo or ow >= inner:
-                _depthwise_taps(x, w, bias, y, oh, ow, ih, ow * sw - pw, dh, dw)
-        row = y[oh].reshape(wo * c)
-        if has_res:
-            r = res[oh].reshape(wo * c)
-            for k in range(wo * c):
-                row[k] += r[k]
-        _activate(row, code, a, b)
+                y11[k] = act(q11, code, a, b)  # y00 last: it stands in for the missing ones
+                y10[k] = act(q10, code, a, b)
+                y01[k] = act(q01, code, a, b)
+                y00[k] = act(q00, code, a, b)
 
 
 @numba.njit(cache=True)
@@ -498,7 +309,7 @@ def _pool(x, y, kh, kw, sh, sw, dh, dw, ph, pw, is_max, lim_h, lim_w, include_pa
                     continue
                 for j in range(kw):
                     off = j * dw - pw
-                    lo, hi = _col_range(wo, off, sw, w)
+                    lo, hi = col_range(wo, off, sw, w)
                     if hi == lo:
                         continue
                     r = off % sw
@@ -604,7 +415,7 @@ def _columns(xi: np.ndarray, sw: int) -> np.ndarray:
     if sw == 1:
         return xi[:, None]
     c, h, w = xi.shape
-    phases = _buffer(c * sw * h * -(-w // sw), "phases").reshape(c, sw, h, -(-w // sw))
+    phases = scratch(c * sw * h * -(-w // sw), "phases").reshape(c, sw, h, -(-w // sw))
     _split_columns(xi, phases)
     return phases
 
@@ -633,11 +444,11 @@ def _fast_nchw(x, w, b, z, geom, group, code, a, bb, out=None):
             if direct:
                 src = x[i].reshape(c, p)
             else:
-                src = _buffer(c * kh * kw * (p1 - p0)).reshape(c * kh * kw, p1 - p0)
+                src = scratch(c * kh * kw * (p1 - p0)).reshape(c * kh * kw, p1 - p0)
                 _im2col_nchw(phases, src, kh, kw, sh, dh, dw, ph, pw, oh0, oh0 + (p1 - p0) // wo, wo)
             for g in range(group):
                 sgemm(w2[g], src[g * k:(g + 1) * k], yi[g * mg:(g + 1) * mg, p0:p1])
-        _epilogue(yi, bias, res[i].reshape(m, p), z is not None, True, code, np.float32(a), np.float32(bb))
+        epilogue(yi, bias, res[i].reshape(m, p), z is not None, True, code, np.float32(a), np.float32(bb))
     return y
 
 
@@ -657,7 +468,7 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
     if group > 1:
         wc = np.ascontiguousarray(w).reshape(kh, kw, m)
         for i in range(n):
-            _depthwise_nhwc(x[i], wc, bias, y[i], res[i], has_res, sh, sw, dh, dw, ph, pw, code, a, bb)
+            depthwise_nhwc(x[i], wc, bias, y[i], res[i], has_res, sh, sw, dh, dw, ph, pw, code, a, bb)
         return y
     if c < SMALL_CHANNELS:
         return _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb)
@@ -669,7 +480,7 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
         for p0 in range(0, n * p, step):
             yt = ys[p0:p0 + step]
             sgemm(xs[p0:p0 + step], w2, yt)
-            _epilogue(yt, bias, rs[p0:p0 + step], has_res, False, code, a, bb)
+            epilogue(yt, bias, rs[p0:p0 + step], has_res, False, code, a, bb)
         return y
     if kh == kw == 3 and sh == sw == dh == dw == 1 and c >= WINOGRAD_CHANNELS and min(ho, wo) >= WINOGRAD_SIZE \
             and n * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_TILES and is_constant(w):
@@ -679,7 +490,7 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
     if sh == sw == dh == dw == 1:
         return _nhwc_row_windows(x, w, bias, y, res, has_res, (ph, pw, ho, wo), code, a, bb)
     rows = -(-ho // max(1, -(-p * k // TILE_ELEMENTS)))  # equal tiles of output rows, each's windows in a tile
-    cols = _buffer(rows * wo * k).reshape(rows * wo, k)
+    cols = scratch(rows * wo * k).reshape(rows * wo, k)
     for i in range(n):
         for oh0 in range(0, ho, rows):
             oh1 = min(oh0 + rows, ho)
@@ -687,7 +498,7 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
             _im2col_nhwc(x[i], tile, kh, kw, sh, sw, dh, dw, ph, pw, oh0, oh1, wo)
             yt = y[i, oh0:oh1].reshape(-1, m)
             sgemm(tile, w2, yt)
-            _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+            epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
 
@@ -700,7 +511,7 @@ def _nhwc_row_windows(x, w, bias, y, res, has_res, geom, code, a, bb):
     wr = np.ascontiguousarray(w).reshape(kh, kw * c, m)
     rows = max(1, TILE_ELEMENTS // (wo * kw * c) - kh + 1)
     rows = -(-ho // -(-ho // rows))  # equal tiles of output rows, each's window rows in a tile
-    cols = _buffer((rows + kh - 1) * wo * kw * c).reshape(-1, kw * c)
+    cols = scratch((rows + kh - 1) * wo * kw * c).reshape(-1, kw * c)
     for i in range(x.shape[0]):
         for oh0 in range(0, ho, rows):
             oh1 = min(oh0 + rows, ho)
@@ -708,7 +519,7 @@ def _nhwc_row_windows(x, w, bias, y, res, has_res, geom, code, a, bb):
             yt = y[i, oh0:oh1].reshape(-1, m)
             for r in range(kh):
                 sgemm(cols[r * wo:(r + oh1 - oh0) * wo], wr[r], yt, beta=float(r > 0))
-            _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+            epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
 
@@ -725,7 +536,7 @@ def _winograd_weight(w: np.ndarray) -> np.ndarray:
 
 def _slabs(size: int, name: str) -> np.ndarray:
     """A ``(16, size)`` scratch whose rows start a cache line apart from any 4 KiB multiple (no set conflicts)."""
-    return _buffer(16 * (size + 16), name).reshape(16, size + 16)[:, :size]
+    return scratch(16 * (size + 16), name).reshape(16, size + 16)[:, :size]
 
 
 def _nhwc_winograd(x, u, bias, y, res, has_res, pads, code, a, bb):
@@ -746,7 +557,7 @@ def _nhwc_winograd(x, u, bias, y, res, has_res, pads, code, a, bb):
             sgemm(v[k, :t], u[k], mo[k, :t])
         _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, inline, a, bb)
     if code > 3:
-        _activate(y.reshape(y.size), code, a, bb)
+        activate(y.reshape(y.size), code, a, bb)
     return y
 
 
@@ -763,11 +574,11 @@ def _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb):
         phases = _columns(xc[i], sw)
         for oh0 in range(0, ho, rows):
             oh1 = min(oh0 + rows, ho)
-            cols = _buffer(k * (oh1 - oh0) * wo).reshape(k, (oh1 - oh0) * wo)
+            cols = scratch(k * (oh1 - oh0) * wo).reshape(k, (oh1 - oh0) * wo)
             _im2col_nchw(phases, cols, kh, kw, sh, dh, dw, ph, pw, oh0, oh1, wo)
             yt = y[i, oh0:oh1].reshape(-1, m)
             sgemm(cols, w2, yt, trans_a=True)
-            _epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
+            epilogue(yt, bias, res[i, oh0:oh1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
 
@@ -776,14 +587,14 @@ def _nhwc_images(x, w2, bias, y, res, has_res, geom, code, a, bb):
     kh, kw, sh, sw, dh, dw, ph, pw, ho, wo = geom
     n, (k, m), p = x.shape[0], w2.shape, ho * wo
     per = min(n, max(1, TILE_ELEMENTS // (p * k)))
-    cols = _buffer(per * p * k).reshape(per * p, k)
+    cols = scratch(per * p * k).reshape(per * p, k)
     for i0 in range(0, n, per):
         i1 = min(i0 + per, n)
         for i in range(i0, i1):
             _im2col_nhwc(x[i], cols[(i - i0) * p:(i - i0 + 1) * p], kh, kw, sh, sw, dh, dw, ph, pw, 0, ho, wo)
         tile, yt = cols[:(i1 - i0) * p], y[i0:i1].reshape(-1, m)
         sgemm(tile, w2, yt)
-        _epilogue(yt, bias, res[i0:i1].reshape(-1, m), has_res, False, code, a, bb)
+        epilogue(yt, bias, res[i0:i1].reshape(-1, m), has_res, False, code, a, bb)
     return y
 
 

@@ -21,6 +21,8 @@ from opencann.compiler.ir import Node, TensorType
 from opencann.errors import AclError, ErrorCode
 from opencann.ops import cpu_conv
 from opencann.ops.blas import sgemm_unpacked as sgemm
+from opencann.ops.cpu_conv_base import ACTIVATIONS, epilogue, scratch
+from opencann.ops.cpu_depthwise import depthwise_nhwc
 from opencann.ops.cpu_elementwise import output_buffer
 from opencann.ops.registry import op
 
@@ -52,9 +54,9 @@ def _codes(activations, alphas, betas) -> list[tuple[int, np.float32, np.float32
                        f"{len(activations)}, {len(alphas)}, {len(betas)}")
     codes = []
     for name, a, b in zip(activations, alphas, betas, strict=True):
-        if name not in cpu_conv.ACTIVATIONS:
+        if name not in ACTIVATIONS:
             raise AclError(ErrorCode.INVALID_PARAM, f"FusedInvertedResidual: unknown activation '{name}'")
-        codes.append((cpu_conv.ACTIVATIONS[name], np.float32(a), np.float32(b)))
+        codes.append((ACTIVATIONS[name], np.float32(a), np.float32(b)))
     return codes
 
 
@@ -103,8 +105,8 @@ def _fast(x, weights, z, geom, codes, out):
     rows = min(ho, max(1, TILE_ELEMENTS // (w * e * sh)))
     rows = -(-ho // -(-ho // rows))  # equal tiles of output rows
     span = (rows - 1) * sh + (kh - 1) * dh + 1  # input rows a tile reads, at most
-    ebuf = None if we2 is None else cpu_conv._buffer(min(span, h) * w * e, "ir_expanded")
-    dbuf = cpu_conv._buffer(rows * wo * e, "ir_depthwise")
+    ebuf = None if we2 is None else scratch(min(span, h) * w * e, "ir_expanded")
+    dbuf = scratch(rows * wo * e, "ir_depthwise")
     (c0, a0, b0), (c1, a1, b1), (c2, a2, b2) = codes
     for i in range(n):
         held = (0, 0)  # the input rows whose expansion ebuf holds
@@ -117,10 +119,10 @@ def _fast(x, weights, z, geom, codes, out):
                 eb = _expand(x[i], we2, be, ebuf, held, r0, r1, c0, a0, b0)
                 held = (r0, r1)
             db = dbuf[:(o1 - o0) * wo * e].reshape(o1 - o0, wo, e)
-            cpu_conv._depthwise_nhwc(eb, wd2, bd, db, db, False, sh, sw, dh, dw, ph + r0 - o0 * sh, pw, c1, a1, b1)
+            depthwise_nhwc(eb, wd2, bd, db, db, False, sh, sw, dh, dw, ph + r0 - o0 * sh, pw, c1, a1, b1)
             yt = y[i, o0:o1].reshape(-1, m)
             sgemm(db.reshape(-1, e), wp2, yt)
-            cpu_conv._epilogue(yt, bp, res[i, o0:o1].reshape(-1, m), z is not None, False, c2, a2, b2)
+            epilogue(yt, bp, res[i, o0:o1].reshape(-1, m), z is not None, False, c2, a2, b2)
     return y
 
 
@@ -136,5 +138,5 @@ def _expand(xi, we2, be, ebuf, held, r0, r1, code, a, b):
     if r0 + keep < r1:
         et = eb[keep:].reshape(-1, e)
         sgemm(xi[r0 + keep:r1].reshape(-1, c), we2, et)
-        cpu_conv._epilogue(et, be, et, False, False, code, a, b)
+        epilogue(et, be, et, False, False, code, a, b)
     return eb
