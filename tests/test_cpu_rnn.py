@@ -5,6 +5,7 @@ import pytest
 from onnx import helper
 
 from opencann.compiler import dtypes
+from opencann.errors import AclError
 from opencann.ops import cpu_rnn, registry
 from opencann.ops import rnn as ref
 
@@ -136,14 +137,15 @@ def test_lstm_with_one_mkl_gemm_per_step_matches_reference(op, attrs, extras, mo
     if cpu_rnn.blas.library() is None:
         pytest.skip("MKL (libmkl_rt) not loaded")
     seen = []
-    real = cpu_rnn._lstm_seq_gemm
     monkeypatch.setattr(cpu_rnn, "_GEMM_BATCH", 2)
     monkeypatch.setattr(cpu_rnn, "_MAX_MACS", 0)  # large recurrences take this path too, not the reference's
-    monkeypatch.setattr(cpu_rnn, "_lstm_seq_gemm", lambda *a: seen.append(True) or real(*a))
+    for name in ("_lstm_seq_gemm", "_lstm_plain_seq_gemm"):  # the general recurrence, the plain LSTM's
+        real = getattr(cpu_rnn, name)
+        monkeypatch.setattr(cpu_rnn, name, lambda *a, real=real, name=name: seen.append(name) or real(*a))
     x = inputs(op, attrs, extras, np.float32)
     fast, reference = kernels(op)
     got, want = fast(*x, hidden_size=5, **attrs), reference(*x, hidden_size=5, **attrs)
-    assert seen
+    assert set(seen) == {"_lstm_plain_seq_gemm" if not attrs and not extras else "_lstm_seq_gemm"}
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
 
@@ -197,3 +199,62 @@ def test_project_matches_numpy(hidden):
     z = np.empty(7, np.float32)
     cpu_rnn._project(z, h, rt, bias, 3)
     np.testing.assert_allclose(z, bias + h @ rt[:, 3:10], rtol=1e-5, atol=1e-5)
+
+
+def embedding_case(batch: int, batch_major: int, dtype, states: bool, seed: int = 5):
+    """(tokens, table, RT, initial_h, initial_c) of a vocabulary of 11, hidden 5, 7 steps; some tokens negative."""
+    rng = np.random.default_rng(seed)
+    hidden, steps = 5, 7
+    tokens = rng.integers(-11, 11, (batch, steps) if batch_major else (steps, batch)).astype(dtype)
+    table = rng.standard_normal((11, 4 * hidden)).astype(np.float32)
+    rt = (rng.standard_normal((hidden, 4 * hidden)) * 0.5).astype(np.float32)
+    h0, c0 = (rng.standard_normal((1, batch, hidden)).astype(np.float32) if states else None for _ in range(2))
+    return tokens, table, rt, h0, c0
+
+
+@pytest.mark.parametrize("batch,batch_major,dtype,states", [(1, 1, np.int64, False), (3, 0, np.int32, True),
+                                                            (5, 1, np.int32, True), (6, 0, np.int64, False)])
+def test_embedding_lstm_matches_lstm_over_gathered_rows(batch, batch_major, dtype, states):
+    """opencann::EmbeddingLSTM (Numba mat-vecs below _GEMM_BATCH, one MKL GEMM per step from it) against its
+    reference and against onnxruntime's LSTM over the gathered rows with an identity W."""
+    d = registry.lookup("EmbeddingLSTM", 1, registry.OPENCANN_DOMAIN)
+    fast, reference = d.kernel_for("cpu"), d.reference
+    assert fast is cpu_rnn.embedding_lstm
+    tokens, table, rt, h0, c0 = embedding_case(batch, batch_major, dtype, states)
+    got, want = fast(tokens, table, rt, h0, c0, batch_major=batch_major), \
+        reference(tokens, table, rt, h0, c0, batch_major=batch_major)
+    x = table[tokens.T if batch_major else tokens]
+    zeros = np.zeros((1, batch, 5), np.float32)
+    oracle = ort_outputs("LSTM", {}, [x, np.eye(20, dtype=np.float32)[None], np.ascontiguousarray(rt.T)[None],
+                                      np.zeros((1, 40), np.float32), None, zeros if h0 is None else h0,
+                                      zeros if c0 is None else c0, None])
+    for g, w, o in zip(got, want, oracle, strict=True):
+        assert g.shape == w.shape == o.shape and g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(g, o, rtol=1e-4, atol=1e-5)
+    if h0 is not None:
+        assert not np.shares_memory(got[1], h0) and not np.array_equal(got[1], h0)
+    for fn in (fast, reference):  # sequence=0, squeeze=1: an empty Y, the same final states without their first axis
+        y, h, c = fn(tokens, table, rt, h0, c0, batch_major=batch_major, sequence=0, squeeze=1)
+        assert y.shape == (0, 1, batch, 5) and h.shape == c.shape == (batch, 5)
+        np.testing.assert_allclose(h, want[1][0], rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(c, want[2][0], rtol=2e-5, atol=2e-6)
+
+
+def test_embedding_lstm_rejects_bad_tokens_and_states():
+    d = registry.lookup("EmbeddingLSTM", 1, registry.OPENCANN_DOMAIN)
+    for batch in (1, 4):  # both recurrences
+        tokens, table, rt, h0, _ = embedding_case(batch, 0, np.int64, True)
+        for bad in (11, -12):
+            tokens[3, 0] = bad
+            for fn in (d.kernel_for("cpu"), d.reference):
+                with pytest.raises(AclError, match="outside"):
+                    fn(tokens, table, rt)
+        tokens[3, 0] = 0
+        for fn in (d.kernel_for("cpu"), d.reference):
+            with pytest.raises(AclError, match=r"initial_h float32\[1, \d, \d\] do not fit"):
+                fn(tokens, table, rt, h0[:, :1] if batch > 1 else h0[..., :3])
+            with pytest.raises(AclError, match=r"table float32\[11, 16\], RT .* do not fit"):
+                fn(tokens, table[:, :16], rt)
+            with pytest.raises(AclError, match="table float64"):
+                fn(tokens, table.astype(np.float64), rt)

@@ -15,6 +15,7 @@ from opencann.compiler.passes.cse import cse
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 from opencann.compiler.passes.fold_batchnorm import fold_batchnorm
 from opencann.compiler.passes.fold_bias import fold_bias
+from opencann.compiler.passes.fold_embedding import fold_embedding
 from opencann.compiler.passes.fuse_attention import fuse_attention
 from opencann.compiler.passes.fuse_conv import fuse_conv, to_channels_last
 from opencann.compiler.passes.fuse_elementwise import fuse_elementwise
@@ -111,6 +112,7 @@ PIPELINE: list[tuple[str, Callable[[Graph, BuildOptions], Graph]]] = [
     ("fuse_conv", lambda g, o: to_channels_last(fuse_conv(g)) if _mixed_or_fp32(o) else g),
     ("fuse_patterns", lambda g, o: fuse_patterns(g)),
     ("fuse_attention", lambda g, o: fuse_attention(g)),
+    ("fold_embedding", lambda g, o: fold_embedding(g) if MODES[o.precision_mode] is None else g),
     ("convert_precision", lambda g, o: convert_precision(g, o.precision_mode)),
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),  # last: sees final dtypes (see its docstring)
 ]

@@ -14,6 +14,10 @@ sigmoid use a rational approximation (Eigen's, within 4e-7 of tanh) that vectori
 large for a Numba mat-vec to keep up with BLAS (``batch * gates * hidden**2 > _MAX_MACS`` multiply-adds
 per step; the crossover measured at 2-4 M) run the reference kernel, which calls BLAS per step from Python
 (not an LSTM on the GEMM path: 1.8x faster than that at batch 32, hidden 256).
+
+Also ``opencann::EmbeddingLSTM`` (reference and kernel), the plain LSTM over an embedding lookup that
+:mod:`opencann.compiler.passes.fold_embedding` makes: each step's input projection is a row of a precomputed table,
+gathered inside the recurrence, so there is no input GEMM, and nothing is allocated per step.
 """
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ import weakref
 
 import numpy as np
 from numba import njit
+from onnx import defs, helper
 
+from opencann.compiler.ir import TensorType
+from opencann.errors import AclError, ErrorCode
 from opencann.ops import blas
 from opencann.ops import rnn as ref
 from opencann.ops.blas import sgemm
-from opencann.ops.registry import kernel
+from opencann.ops.registry import OPENCANN_DOMAIN, kernel, op
 
 _MAX_MACS = 1 << 21  # recurrent multiply-adds per time step above which BLAS per step wins
 _GEMM_BATCH = 4  # batch from which the LSTM's recurrent products are one MKL GEMM per step
@@ -192,6 +199,19 @@ def _lstm_cell_default(z, x, p, h, c):
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
+def _cell(z, x, h, c):
+    """One plain LSTM step of one batch entry (float32, default activations): ``z + x`` are the pre-activations of
+    gates i, o, f, c; updates ``h`` and ``c`` in place."""
+    hidden = h.shape[0]
+    for k in range(hidden):
+        i, o = _sigmoid32(z[k] + x[k]), _sigmoid32(z[hidden + k] + x[hidden + k])
+        f, g = _sigmoid32(z[2 * hidden + k] + x[2 * hidden + k]), _tanh32(z[3 * hidden + k] + x[3 * hidden + k])
+        ck = f * c[k] + i * g
+        c[k] = ck
+        h[k] = o * _tanh32(ck)
+
+
+@njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
 def _lstm_cell(z, x, p, h, c, codes, al, be, clip, fast, input_forget, act):
     """One LSTM step of one batch entry: ``z`` holds ``bias + h @ r^T`` (gates i, o, f, c), ``x`` this step's
     input projection; updates ``h`` and ``c`` in place."""
@@ -266,11 +286,24 @@ def _lstm_plain_seq(xw, rt, bias, h, c, y):
     arguments to dispatch (~2 us less a call)."""
     steps, batch, hidden = xw.shape[0], xw.shape[1], rt.shape[0]
     z = np.empty(4 * hidden, xw.dtype)
-    p = np.zeros((3, hidden), xw.dtype)
     for t in range(steps):
         for n in range(batch):
             _project(z, h[n], rt, bias, 0)
-            _lstm_cell_default(z, xw[t, n], p, h[n], c[n])
+            _cell(z, xw[t, n], h[n], c[n])
+            y[t, 0, n] = h[n]
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _lstm_plain_seq_gemm(gemm, xw, rt, h, c, y):
+    """:func:`_lstm_plain_seq` with each step's recurrent product of the whole batch, ``h @ rt``, one ``gemm`` call
+    (``cblas_sgemm``); ``xw`` includes the biases."""
+    steps, batch, hidden = xw.shape[0], xw.shape[1], rt.shape[0]
+    z = np.empty((batch, 4 * hidden), xw.dtype)
+    for t in range(steps):
+        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, batch, 4 * hidden, hidden, _ONE, h.ctypes, hidden, rt.ctypes,
+             4 * hidden, _ZERO, z.ctypes, 4 * hidden)
+        for n in range(batch):
+            _cell(z[n], xw[t, n], h[n], c[n])
             y[t, 0, n] = h[n]
 
 
@@ -306,11 +339,26 @@ def _gemm(X, layout):
     """MKL's ``cblas_sgemm`` where each step's recurrent product should be one GEMM of the whole batch (a batch
     of at least ``_GEMM_BATCH``, float32 compute, MKL loaded), else None. Faster than the reference's BLAS call
     per step from Python at any size (1.8x at batch 32, hidden 256)."""
-    if X.dtype.kind != "f" or X.ndim != 3 or X.shape[0 if layout else 1] < _GEMM_BATCH \
-            or ref._compute_dtype(X) != np.float32:
+    if X.dtype.kind != "f" or X.ndim != 3 or ref._compute_dtype(X) != np.float32:
         return None
-    lib = blas.library()
+    return _gemm_for(X.shape[0 if layout else 1])
+
+
+def _gemm_for(batch: int):
+    """MKL's ``cblas_sgemm`` for a float32 batch of at least ``_GEMM_BATCH`` (MKL loaded), else None."""
+    lib = blas.library() if batch >= _GEMM_BATCH else None
     return None if lib is None else lib.cblas_sgemm
+
+
+def _on_one_thread(fn, *args):
+    """``fn(*args)`` with MKL on one thread in this thread (per-step products are too small to share; threads waiting
+    on each other at every step made a batch-32 LSTM over 2x slower on a busy 2-core machine)."""
+    threads = blas.library().MKL_Set_Num_Threads_Local
+    previous = threads(1)
+    try:
+        return fn(*args)
+    finally:
+        threads(previous)
 
 
 def _drive(op_name: str, gates: int, run, X, W, R, B, sequence_lens, initial_states, *, hidden_size, direction,
@@ -413,18 +461,11 @@ def lstm(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=
 
 
 def _lstm_recur(gemm, xw, rt, bias, p, h, c, lens, reverse, params, input_forget, y, d) -> None:
-    """Direction ``d``'s recurrence: the Numba mat-vec loop, or (``gemm`` given) one MKL GEMM per step, with MKL on
-    one thread in this thread (per-step products are too small to share; threads waiting on each other at every
-    step made a batch-32 LSTM over 2x slower on a busy 2-core machine)."""
+    """Direction ``d``'s recurrence: the Numba mat-vec loop, or (``gemm`` given) one MKL GEMM per step."""
     if gemm is None:
         _lstm_seq(xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
-        return
-    threads = blas.library().MKL_Set_Num_Threads_Local
-    previous = threads(1)
-    try:
-        _lstm_seq_gemm(gemm, xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
-    finally:
-        threads(previous)
+    else:
+        _on_one_thread(_lstm_seq_gemm, gemm, xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
 
 
 def _plain(X, W, R, B, initial_h, initial_c, layout) -> bool:
@@ -465,9 +506,141 @@ def _plain_lstm(gemm, X, W, R, B, initial_h, initial_c, hidden: int):
     rt = blas.transposed(R)[0]
     if gemm is None:
         _lstm_plain_seq(xw, rt, bias, h[0], c[0], y)
-        return y, h, c
-    lens = np.empty(batch, np.int64)
-    lens.fill(steps)
-    params = _params("LSTM", ("Sigmoid", "Tanh", "Tanh"), 1, F32, None, None, None, None)[0]
-    _lstm_recur(gemm, xw, rt, bias, np.zeros((3, hidden), F32), h[0], c[0], lens, False, params, False, y, 0)
+    else:
+        xw += bias
+        _on_one_thread(_lstm_plain_seq_gemm, gemm, xw, rt, h[0], c[0], y)
     return y, h, c
+
+
+# --- opencann::EmbeddingLSTM ---------------------------------------------------------------------------------------
+# The plain LSTM reading each step's input projection from a table: fold_embedding (a compiler pass) turns an
+# embedding lookup feeding an LSTM into one of these, with ``table = E @ W^T + Wb + Rb`` (vocab x 4*hidden). With
+# ``sequence=0`` (the node's Y is read by nobody) Y has no steps and is not written; with ``squeeze=1`` the final
+# states are [batch, hidden], without the direction axis.
+
+def _embedding_lstm_schema():
+    opt = defs.OpSchema.FormalParameterOption
+    inputs = [defs.OpSchema.FormalParameter(name, kind, "", param_option=o) for name, kind, o in (
+        ("tokens", "I", opt.Single), ("table", "T", opt.Single), ("RT", "T", opt.Single),
+        ("initial_h", "T", opt.Optional), ("initial_c", "T", opt.Optional))]
+    outputs = [defs.OpSchema.FormalParameter(name, "T", "", param_option=opt.Optional) for name in ("Y", "Y_h", "Y_c")]
+    return defs.OpSchema(
+        "EmbeddingLSTM", OPENCANN_DOMAIN, 1, "forward LSTM (default activations) over table[tokens] projections",
+        inputs=inputs, outputs=outputs,
+        type_constraints=[("T", ["tensor(float)"], ""), ("I", ["tensor(int32)", "tensor(int64)"], "")],
+        attributes=[defs.OpSchema.Attribute(k, helper.make_attribute(k, v), "") for k, v in (("batch_major", 0),
+                                                                                              ("sequence", 1),
+                                                                                              ("squeeze", 0))])
+
+
+def _infer_embedding_lstm(node):
+    tokens, rt = node.inputs[0].type, node.inputs[2].type
+    if not (isinstance(tokens, TensorType) and isinstance(rt, TensorType)) or tokens.rank != 2 or rt.rank != 2:
+        return [None] * len(node.outputs)
+    steps, batch = tokens.shape[::-1] if node.attrs.get("batch_major", 0) else tokens.shape
+    steps, hidden = steps if node.attrs.get("sequence", 1) else 0, rt.shape[0]
+    state = (batch, hidden) if node.attrs.get("squeeze", 0) else (1, batch, hidden)
+    return [TensorType(rt.dtype, s) for s in ((steps, 1, batch, hidden), state, state)]
+
+
+def _check_embedding_lstm(tokens, table, rt, initial_h, initial_c, batch_major) -> tuple[int, int]:
+    """``(batch, hidden)`` after checking the operands' dtypes, ranks and shapes (cheaply: batch-1 runs take ~25 us)."""
+    hidden, width = rt.shape if rt.ndim == 2 else (-1, 0)
+    batch = tokens.shape[0 if batch_major else 1] if tokens.ndim == 2 else -1
+    state = (1, batch, hidden)
+    if batch < 0 or width != 4 * hidden or table.ndim != 2 or table.shape[1] != width or table.dtype != F32 \
+            or rt.dtype != F32 or tokens.dtype.kind not in "iu" \
+            or initial_h is not None and (initial_h.shape != state or initial_h.dtype != F32) \
+            or initial_c is not None and (initial_c.shape != state or initial_c.dtype != F32):
+        given = zip(("tokens", "table", "RT", "initial_h", "initial_c"), (tokens, table, rt, initial_h, initial_c))
+        raise AclError(ErrorCode.INVALID_PARAM, "opencann::EmbeddingLSTM: " + ", ".join(
+            f"{name} {a.dtype}{list(a.shape)}" for name, a in given if a is not None) + " do not fit")
+    return batch, hidden
+
+
+def _bad_token(vocab: int) -> AclError:
+    return AclError(ErrorCode.INVALID_PARAM, f"opencann::EmbeddingLSTM: a token is outside [-{vocab}, {vocab})")
+
+
+@op("EmbeddingLSTM", domain=OPENCANN_DOMAIN, infer=_infer_embedding_lstm, schema=_embedding_lstm_schema())
+def embedding_lstm_reference(tokens, table, RT, initial_h=None, initial_c=None, *, batch_major=0, sequence=1,
+                             squeeze=0):
+    """The reference LSTM over the gathered rows with an identity ``W`` and no bias (the table holds both)."""
+    _check_embedding_lstm(tokens, table, RT, initial_h, initial_c, batch_major)
+    vocab = table.shape[0]
+    if tokens.size and (tokens.min() < -vocab or tokens.max() >= vocab):
+        raise _bad_token(vocab)
+    x = table[tokens.T if batch_major else tokens]
+    eye = np.eye(table.shape[1], dtype=table.dtype)[None]
+    y, h, c = ref.lstm(x, eye, np.ascontiguousarray(RT.T)[None], None, None, initial_h, initial_c,
+                       hidden_size=RT.shape[0])
+    return (y if sequence else y[:0].copy()), *((h[0], c[0]) if squeeze else (h, c))
+
+
+@njit(cache=True, error_model="numpy")
+def _rows(tokens, batch_major, vocab):
+    """``(rows, ok)``: the table row of each (step, batch entry), negative tokens counting from the end; ``ok`` is
+    False when a token is out of range."""
+    steps, batch = (tokens.shape[1], tokens.shape[0]) if batch_major else (tokens.shape[0], tokens.shape[1])
+    rows = np.empty((steps, batch), np.int64)
+    for t in range(steps):
+        for n in range(batch):
+            tok = np.int64(tokens[n, t] if batch_major else tokens[t, n])
+            if tok < 0:
+                tok += vocab
+            if tok < 0 or tok >= vocab:
+                return rows, False
+            rows[t, n] = tok
+    return rows, True
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _embedding_lstm_seq(tokens, batch_major, table, rt, h, c, y):
+    """The recurrence of ``opencann::EmbeddingLSTM`` with Numba mat-vecs, states ``h`` and ``c`` (1, batch, hidden)
+    updated in place, ``y`` written unless it has no steps; False if a token is out of range."""
+    rows, ok = _rows(tokens, batch_major, table.shape[0])
+    if not ok:
+        return False
+    z, zero = np.empty(rt.shape[1], table.dtype), np.zeros(rt.shape[1], table.dtype)
+    h, c = h[0], c[0]
+    for t in range(rows.shape[0]):
+        for n in range(rows.shape[1]):
+            _project(z, h[n], rt, zero, 0)
+            _cell(z, table[rows[t, n]], h[n], c[n])
+            if y.shape[0]:
+                y[t, 0, n] = h[n]
+    return True
+
+
+@njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
+def _embedding_lstm_seq_gemm(gemm, tokens, batch_major, table, rt, h, c, y):
+    """:func:`_embedding_lstm_seq` with each step's recurrent product of the whole batch, ``h @ rt``, one ``gemm``
+    call (``cblas_sgemm``)."""
+    rows, ok = _rows(tokens, batch_major, table.shape[0])
+    if not ok:
+        return False
+    (steps, batch), (hidden, width) = rows.shape, rt.shape
+    z, h, c = np.empty((batch, width), table.dtype), h[0], c[0]
+    for t in range(steps):
+        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, batch, width, hidden, _ONE, h.ctypes, hidden, rt.ctypes, width, _ZERO,
+             z.ctypes, width)
+        for n in range(batch):
+            _cell(z[n], table[rows[t, n]], h[n], c[n])
+            if y.shape[0]:
+                y[t, 0, n] = h[n]
+    return True
+
+
+@kernel("EmbeddingLSTM", "cpu", domain=OPENCANN_DOMAIN)
+def embedding_lstm(tokens, table, RT, initial_h=None, initial_c=None, *, batch_major=0, sequence=1, squeeze=0):
+    batch, hidden = _check_embedding_lstm(tokens, table, RT, initial_h, initial_c, batch_major)
+    h, c = (np.zeros((1, batch, hidden), F32) if s is None else s.copy() for s in (initial_h, initial_c))
+    y = np.empty((tokens.shape[1 if batch_major else 0] if sequence else 0, 1, batch, hidden), F32)
+    gemm = _gemm_for(batch)
+    if gemm is None:
+        ok = _embedding_lstm_seq(tokens, bool(batch_major), table, RT, h, c, y)
+    else:
+        ok = _on_one_thread(_embedding_lstm_seq_gemm, gemm, tokens, bool(batch_major), table, RT, h, c, y)
+    if not ok:
+        raise _bad_token(table.shape[0])
+    return (y, h[0], c[0]) if squeeze else (y, h, c)
