@@ -45,10 +45,13 @@ def _acts(names):
     return [(n, *bounds.get(n, (0.0, 0.0))) for n in names]
 
 
+@pytest.mark.parametrize("mkl", [True, False])
 @pytest.mark.parametrize("tile", [1, 500, block.TILE_ELEMENTS])
 @pytest.mark.parametrize("case", CASES)
-def test_fused_block_matches_the_three_convolutions(case, tile, monkeypatch):
+def test_fused_block_matches_the_three_convolutions(case, tile, mkl, monkeypatch):
     monkeypatch.setattr(block, "TILE_ELEMENTS", tile)  # 1: one output row a tile, expanded rows handed on
+    if not mkl:  # the Python tile loop (NumPy's GEMMs where MKL is missing)
+        monkeypatch.setattr(block, "library", lambda: None)
     x_shape, e, m, k, attrs, residual, names = case
     x, weights, _ = _case(x_shape, e, m, k, residual)
     acts = _acts(names)
@@ -98,3 +101,19 @@ def test_bad_arguments_are_rejected():
         block.fused_inverted_residual(x, *weights, activations=["", ""])
     with pytest.raises(AclError, match="do not make"):
         block.fused_inverted_residual(x[..., :3], *weights)
+
+
+def test_the_same_weights_with_other_attributes_get_their_own_plan():
+    x, weights, _ = _case((1, 10, 9, 8), 16, 8, (3, 3), False)
+    acts = _acts(["Relu", "Clip", ""])
+    names = dict(activations=[a[0] for a in acts], alphas=[a[1] for a in acts], betas=[a[2] for a in acts])
+    for attrs in ({"pads": [1, 1, 1, 1]}, {"pads": [1, 1, 1, 1], "strides": [2, 2]}, {"pads": [0, 0, 0, 0]}):
+        want = _oracle(x, weights, None, acts, attrs)
+        for _ in range(2):  # planned, then from the plan
+            got = block.fused_inverted_residual(x, *weights, **names, **attrs)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    weights[4] *= 2  # weights updated in place: the plan sees them
+    weights[5] += 1
+    want = _oracle(x, weights, None, acts, attrs)
+    got = block.fused_inverted_residual(x, *weights, **names, **attrs)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
