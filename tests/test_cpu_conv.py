@@ -111,23 +111,39 @@ def test_channels_last_few_channel_convs_read_nchw_views_and_nhwc_arrays(case):
 
 @pytest.mark.parametrize("activation,alpha,beta", [("Relu", 0, 0), ("Clip", -0.5, 0.25), ("HardSwish", 0, 0)])
 @pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 2, 1, 0]])
-def test_channels_last_winograd_matches_reference(activation, alpha, beta, pads, monkeypatch):
+@pytest.mark.parametrize("tile", [2, 4])
+def test_channels_last_winograd_matches_reference(activation, alpha, beta, pads, tile, monkeypatch):
     x, w, b = _data((3, 8, 9, 10), (6, 8, 3, 3))  # odd output sizes: edge tiles
     wl = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
     blas.constant(wl)
     z = RNG.standard_normal(ref_conv.conv(x, w, b, pads=pads).shape).astype(np.float32)
     monkeypatch.setattr(fast, "WINOGRAD_CHANNELS", 8)
     monkeypatch.setattr(fast, "WINOGRAD_SIZE", 4)
-    monkeypatch.setattr(fast, "WINOGRAD_BLOCK", 16 * 5 * 8 * 3)  # blocks of 3 tile rows, across images
+    monkeypatch.setattr(fast, "WINOGRAD4_CHANNELS", 8 if tile == 4 else 9)
+    monkeypatch.setattr(fast, "WINOGRAD4_SIZE", 4)
+    monkeypatch.setattr(fast, "WINOGRAD_BLOCK", (tile + 2) ** 2 * -(-10 // tile) * 8 * 2)  # blocks of 2 tile rows
     for residual in (None, z):
         want = _reference_fused(x, w, b, residual, activation, alpha, beta, pads=pads)
+        scale = np.abs(_reference_fused(x, w, b, residual, "", 0, 0, pads=pads)).max()  # of the sums, not clipped
         got = fast.fused_conv(x.transpose(0, 2, 3, 1), wl, b, None if residual is None else residual.transpose(
             0, 2, 3, 1), activation=activation, alpha=alpha, beta=beta, channels_last=1, pads=pads)
-        np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    assert id(wl) in fast._winograd_weights
+        np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * scale)
+    assert set(fast._winograd_weights) >= {(id(wl), tile)} and (id(wl), 6 - tile) not in fast._winograd_weights
     plain = wl.copy()  # not declared constant: no transformed copy kept, the row-window GEMMs instead
     fast.fused_conv(x.transpose(0, 2, 3, 1), plain, b, channels_last=1, pads=pads)
-    assert id(plain) not in fast._winograd_weights
+    assert (id(plain), tile) not in fast._winograd_weights
+
+
+@pytest.mark.parametrize("mkl", [True, False])
+def test_gemm_each_multiplies_every_pair_of_a_stack(mkl, monkeypatch):
+    if not mkl:
+        monkeypatch.setattr(fast, "library", lambda: None)  # the sgemm loop
+    a = RNG.standard_normal((40, 36, 24)).astype(np.float32)  # tile-major: a[:, k] is a (40, 24) view
+    b = RNG.standard_normal((36, 24, 20)).astype(np.float32)
+    out = np.zeros((40, 36, 20), np.float32)
+    fast._gemm_each(a.transpose(1, 0, 2)[:, :30], b, out.transpose(1, 0, 2)[:, :30])
+    np.testing.assert_allclose(out[:30], np.einsum("tkc,kcm->tkm", a[:30], b), rtol=1e-5, atol=1e-4)
+    assert not out[30:].any()
 
 
 @pytest.mark.parametrize("case", [1, 4, 11])

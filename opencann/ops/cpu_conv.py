@@ -10,10 +10,14 @@ is a row block) and multiply ``W[M, C*kh*kw] @ cols`` straight into those output
 ResNet-18 and MobileNetV2:
 
 - 1x1 convs multiply the batch's pixels directly, in output tiles;
-- 3x3 stride-1 convs with a constant weight, at least ``WINOGRAD_CHANNELS`` channels and enough output
-  (``WINOGRAD_SIZE``, ``WINOGRAD_TILES``) run as Winograd F(2x2, 3x3): 16 GEMMs on transformed tiles,
-  2.25x fewer products (ResNet-18: 1.3x on the 14x14 layers, 1.4x on the 7x7 ones from batch 4; not at
-  56x56x64, where the transforms cost more, nor a single 7x7 image, where the weights' reading does);
+- 3x3 stride-1 convs with a constant weight of at least ``WINOGRAD4_CHANNELS`` and at most
+  ``WINOGRAD4_WEIGHTS`` channel pairs (their 36 transforms stay in the L2 cache) and at least
+  ``WINOGRAD4_SIZE`` output rows and columns run as Winograd F(4x4, 3x3): 36 GEMMs (one batched MKL call)
+  on transformed 6x6 tiles, 4x fewer products (ResNet-18's 56x56x64 and 28x28x128 layers: 1.3-1.8x);
+- other such convs with at least ``WINOGRAD_CHANNELS`` channels and enough output (``WINOGRAD_SIZE``,
+  ``WINOGRAD_TILES``) run as F(2x2, 3x3): 16 GEMMs, 2.25x fewer products (ResNet-18: 1.3x on the 14x14
+  layers, 1.4x on the 7x7 ones from batch 4; not a single 7x7 image, where the weights' reading costs more;
+  F(4x4) measured no faster on those);
 - other stride-1 convs: ``kh`` GEMMs per tile of output rows over each input row's ``kw``-wide windows
   (a third of the im2col copying; 1.25x on 56x56x64);
 - strided ones: ``cols[P, kh*kw*C] @ W[kh*kw*C, M]``, the im2col copying whole channel vectors per tap (a
@@ -36,6 +40,7 @@ are min/max), LeakyRelu (``alpha``), Sigmoid, HardSigmoid (``alpha``, ``beta``) 
 """
 from __future__ import annotations
 
+import ctypes
 import weakref
 
 import numba
@@ -46,7 +51,7 @@ from opencann.errors import AclError, ErrorCode
 from opencann.ops import activation as act_ops
 from opencann.ops import conv as ref_conv
 from opencann.ops import pool as ref_pool
-from opencann.ops.blas import is_constant
+from opencann.ops.blas import is_constant, library
 from opencann.ops.blas import sgemm_unpacked as sgemm  # weights are read once a run: MKL packs them best itself
 from opencann.ops.cpu_conv_base import ACTIVATIONS, F32, act, activate, col_range, epilogue, scratch
 from opencann.ops.cpu_depthwise import depthwise_nhwc
@@ -60,10 +65,17 @@ OUT_TILE_ELEMENTS = 1 << 18  # a 1x1 conv's output tile (1 MiB), finished by the
 WINOGRAD_CHANNELS = 128  # constant-weight 3x3 stride-1 convs of this many channels, with at least
 WINOGRAD_SIZE = 6  # this many output rows and columns and
 WINOGRAD_TILES = 32  # this many 2x2 output tiles in the batch, run as Winograd F(2x2, 3x3)
+WINOGRAD4_CHANNELS = 64  # constant-weight 3x3 stride-1 convs of this many input channels,
+WINOGRAD4_WEIGHTS = 128 * 128  # at most this many input x output channels and
+WINOGRAD4_SIZE = 16  # at least this many output rows and columns run as Winograd F(4x4, 3x3)
 WINOGRAD_BLOCK = 1 << 19  # the transformed inputs or outputs of a block of tile rows (2 MiB)
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+_WINOGRAD_G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),  # per output tile size
+               4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                            [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+_TWO, _FOUR, _FIVE, _EIGHT = np.float32(2), np.float32(4), np.float32(5), np.float32(8)  # float32 math in Numba
 _geometries: dict[tuple, tuple | None] = {}  # _geometry's answers
-_winograd_weights: dict[int, np.ndarray] = {}  # id of a constant (3, 3, C, M) weight -> its (16, C, M) transform
+_batched: dict = {}  # "gemm": MKL's cblas_sgemm_batch, bound at first use
+_winograd_weights: dict[tuple, np.ndarray] = {}  # (id of a constant (3, 3, C, M) weight, tile) -> its transform
 
 
 # --- Numba kernels --------------------------------------------------------------------------------
@@ -188,73 +200,178 @@ def _row_windows(x, cols, kw, ph, pw, r0, r1, wo):
                             dj[k] = src[k]
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
+def _bt4(d0, d1, d2, d3, o0, o1, o2, o3):
+    """``o = B^T d`` of Winograd F(2x2, 3x3) over channel vectors (one loop: LLVM vectorises it)."""
+    for k in range(d0.shape[0]):
+        o0[k] = d0[k] - d2[k]
+        o1[k] = d1[k] + d2[k]
+        o2[k] = d2[k] - d1[k]
+        o3[k] = d1[k] - d3[k]
+
+
+@numba.njit(inline="always")
+def _at4(m0, m1, m2, m3, s0, s1):
+    """``s = A^T m`` of Winograd F(2x2, 3x3) over channel vectors."""
+    for k in range(m0.shape[0]):
+        s0[k] = m0[k] + m1[k] + m2[k]
+        s1[k] = m1[k] - m2[k] - m3[k]
+
+
+@numba.njit(cache=True, error_model="numpy", boundscheck=False)
 def _winograd_input(x, v, ph, pw, th, tw, g0, g1):
     """Winograd F(2x2, 3x3) input transform ``B^T d B`` of the 4x4 patches (zeros for padding) of tile rows
     ``[g0, g1)`` of the channels-last batch ``x (N, H, W, C)`` (tile row ``g``: image ``g // th``, row ``g % th``)
-    into ``v (16, tiles, C)``, vectorised over channels."""
+    into ``v (tiles, 16, C)``, vectorised over channels; patches inside the image are read in place."""
     n, h, w, c = x.shape
     patch = np.empty((16, c), np.float32)
+    half = np.empty((16, c), np.float32)
     for g in range(g0, g1):
         img, ti = g // th, g % th
+        ih0 = 2 * ti - ph
         for tj in range(tw):
-            for a in range(4):
-                ih = 2 * ti - ph + a
-                for b in range(4):
-                    iw = 2 * tj - pw + b
-                    d = patch[a * 4 + b]
-                    if ih < 0 or ih >= h or iw < 0 or iw >= w:
-                        for k in range(c):
-                            d[k] = 0
-                    else:
-                        src = x[img, ih, iw]
-                        for k in range(c):
-                            d[k] = src[k]
+            iw0 = 2 * tj - pw
+            inside = ih0 >= 0 and ih0 + 4 <= h and iw0 >= 0 and iw0 + 4 <= w
+            if not inside:
+                for a in range(4):
+                    for b in range(4):
+                        d = patch[a * 4 + b]
+                        if ih0 + a < 0 or ih0 + a >= h or iw0 + b < 0 or iw0 + b >= w:
+                            for k in range(c):
+                                d[k] = 0
+                        else:
+                            src = x[img, ih0 + a, iw0 + b]
+                            for k in range(c):
+                                d[k] = src[k]
+            for b in range(4):  # B^T down each column of the patch
+                if inside:
+                    d0, d1, d2, d3 = x[img, ih0, iw0 + b], x[img, ih0 + 1, iw0 + b], x[img, ih0 + 2, iw0 + b], \
+                        x[img, ih0 + 3, iw0 + b]
+                else:
+                    d0, d1, d2, d3 = patch[b], patch[4 + b], patch[8 + b], patch[12 + b]
+                _bt4(d0, d1, d2, d3, half[b], half[4 + b], half[8 + b], half[12 + b])
             t = (g - g0) * tw + tj
-            for r in range(4):  # column combinations of row r of B^T d, from its four input rows
-                p0, p1, p2, p3 = patch[r], patch[4 + r], patch[8 + r], patch[12 + r]
-                v0, v1, v2, v3 = v[r, t], v[4 + r, t], v[8 + r, t], v[12 + r, t]
-                for k in range(c):
-                    v0[k], v1[k], v2[k], v3[k] = p0[k] - p2[k], p1[k] + p2[k], p2[k] - p1[k], p1[k] - p3[k]
-            for r in range(4):  # then B^T along each row of the result, in place
-                q0, q1, q2, q3 = v[4 * r, t], v[4 * r + 1, t], v[4 * r + 2, t], v[4 * r + 3, t]
-                for k in range(c):
-                    a0, a1, a2, a3 = q0[k], q1[k], q2[k], q3[k]
-                    q0[k], q1[k], q2[k], q3[k] = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+            for a in range(4):  # then along each row
+                _bt4(half[4 * a], half[4 * a + 1], half[4 * a + 2], half[4 * a + 3], v[t, 4 * a], v[t, 4 * a + 1],
+                     v[t, 4 * a + 2], v[t, 4 * a + 3])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", boundscheck=False)
 def _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
-    """Winograd output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (16, tiles, M)`` into the
-    channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3; see :func:`_act`)."""
+    """Winograd F(2x2, 3x3) output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (tiles, 16, M)`` into
+    the channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3; see :func:`act`), outputs
+    past the edge dropped."""
     ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    s = np.empty((8, m), np.float32)
+    o = np.empty((4, m), np.float32)
     for g in range(g0, g1):
         img, ti = g // th, g % th
-        oh = 2 * ti
         for tj in range(tw):
-            t, ow = (g - g0) * tw + tj, 2 * tj
-            two_h, two_w = oh + 1 < ho, ow + 1 < wo
-            y00, r00 = y[img, oh, ow], res[img, oh, ow]  # a tile past the edge writes its extra outputs here
-            y01, r01 = (y[img, oh, ow + 1], res[img, oh, ow + 1]) if two_w else (y00, r00)
-            y10, r10 = (y[img, oh + 1, ow], res[img, oh + 1, ow]) if two_h else (y00, r00)
-            y11, r11 = (y[img, oh + 1, ow + 1], res[img, oh + 1, ow + 1]) if two_h and two_w else (y00, r00)
-            m0, m1, m2, m3, m4, m5, m6, m7 = mo[0, t], mo[1, t], mo[2, t], mo[3, t], mo[4, t], mo[5, t], mo[6, t], \
-                mo[7, t]
-            m8, m9, m10, m11, m12, m13, m14, m15 = mo[8, t], mo[9, t], mo[10, t], mo[11, t], mo[12, t], mo[13, t], \
-                mo[14, t], mo[15, t]
-            for k in range(m):
-                s0, s1 = m0[k] + m4[k] + m8[k], m1[k] + m5[k] + m9[k]
-                s2, s3 = m2[k] + m6[k] + m10[k], m3[k] + m7[k] + m11[k]
-                d0, d1 = m4[k] - m8[k] - m12[k], m5[k] - m9[k] - m13[k]
-                d2, d3 = m6[k] - m10[k] - m14[k], m7[k] - m11[k] - m15[k]
-                bk = bias[k]
-                q00, q01, q10, q11 = s0 + s1 + s2 + bk, s1 - s2 - s3 + bk, d0 + d1 + d2 + bk, d1 - d2 - d3 + bk
-                if has_res:
-                    q00, q01, q10, q11 = q00 + r00[k], q01 + r01[k], q10 + r10[k], q11 + r11[k]
-                y11[k] = act(q11, code, a, b)  # y00 last: it stands in for the missing ones
-                y10[k] = act(q10, code, a, b)
-                y01[k] = act(q01, code, a, b)
-                y00[k] = act(q00, code, a, b)
+            t = (g - g0) * tw + tj
+            for col in range(4):  # A^T down each column
+                _at4(mo[t, col], mo[t, 4 + col], mo[t, 8 + col], mo[t, 12 + col], s[col], s[4 + col])
+            for r in range(2):  # then along each row
+                _at4(s[4 * r], s[4 * r + 1], s[4 * r + 2], s[4 * r + 3], o[2 * r], o[2 * r + 1])
+            for r in range(min(2, ho - 2 * ti)):
+                for q in range(min(2, wo - 2 * tj)):
+                    src, out, rr = o[2 * r + q], y[img, 2 * ti + r, 2 * tj + q], res[img, 2 * ti + r, 2 * tj + q]
+                    if has_res:
+                        for k in range(m):
+                            out[k] = act(src[k] + bias[k] + rr[k], code, a, b)
+                    else:
+                        for k in range(m):
+                            out[k] = act(src[k] + bias[k], code, a, b)
+
+
+@numba.njit(inline="always")
+def _bt6(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5):
+    """``o = B^T d`` of Winograd F(4x4, 3x3) over channel vectors."""
+    for k in range(d0.shape[0]):
+        o0[k] = _FOUR * d0[k] - _FIVE * d2[k] + d4[k]
+        o1[k] = d3[k] + d4[k] - _FOUR * (d1[k] + d2[k])
+        o2[k] = d4[k] - d3[k] + _FOUR * (d1[k] - d2[k])
+        o3[k] = d4[k] - d2[k] + _TWO * (d3[k] - d1[k])
+        o4[k] = d4[k] - d2[k] - _TWO * (d3[k] - d1[k])
+        o5[k] = _FOUR * d1[k] - _FIVE * d3[k] + d5[k]
+
+
+@numba.njit(inline="always")
+def _at6(m0, m1, m2, m3, m4, m5, s0, s1, s2, s3):
+    """``s = A^T m`` of Winograd F(4x4, 3x3) over channel vectors."""
+    for k in range(m0.shape[0]):
+        p12, d12, p34, d34 = m1[k] + m2[k], m1[k] - m2[k], m3[k] + m4[k], m3[k] - m4[k]
+        s0[k] = m0[k] + p12 + p34
+        s1[k] = d12 + _TWO * d34
+        s2[k] = p12 + _FOUR * p34
+        s3[k] = d12 + _EIGHT * d34 + m5[k]
+
+
+@numba.njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"contract"})
+def _winograd4_input(x, v, ph, pw, th, tw, g0, g1):
+    """Winograd F(4x4, 3x3) input transform ``B^T d B`` of the 6x6 patches (zeros for padding) of tile rows
+    ``[g0, g1)`` of the channels-last batch ``x (N, H, W, C)`` into ``v (tiles, 36, C)`` (see
+    :func:`_winograd_input`)."""
+    n, h, w, c = x.shape
+    patch = np.empty((36, c), np.float32)
+    half = np.empty((36, c), np.float32)
+    for g in range(g0, g1):
+        img, ti = g // th, g % th
+        ih0 = 4 * ti - ph
+        for tj in range(tw):
+            iw0 = 4 * tj - pw
+            if ih0 >= 0 and ih0 + 6 <= h and iw0 >= 0 and iw0 + 6 <= w:  # B^T down each column of the patch
+                for b in range(6):
+                    _bt6(x[img, ih0, iw0 + b], x[img, ih0 + 1, iw0 + b], x[img, ih0 + 2, iw0 + b],
+                         x[img, ih0 + 3, iw0 + b], x[img, ih0 + 4, iw0 + b], x[img, ih0 + 5, iw0 + b],
+                         half[b], half[6 + b], half[12 + b], half[18 + b], half[24 + b], half[30 + b])
+            else:  # of a copy with zeros for padding
+                for a in range(6):
+                    for b in range(6):
+                        d = patch[a * 6 + b]
+                        if ih0 + a < 0 or ih0 + a >= h or iw0 + b < 0 or iw0 + b >= w:
+                            for k in range(c):
+                                d[k] = 0
+                        else:
+                            src = x[img, ih0 + a, iw0 + b]
+                            for k in range(c):
+                                d[k] = src[k]
+                for b in range(6):
+                    _bt6(patch[b], patch[6 + b], patch[12 + b], patch[18 + b], patch[24 + b], patch[30 + b],
+                         half[b], half[6 + b], half[12 + b], half[18 + b], half[24 + b], half[30 + b])
+            t = (g - g0) * tw + tj
+            for a in range(6):  # then along each row
+                _bt6(half[6 * a], half[6 * a + 1], half[6 * a + 2], half[6 * a + 3], half[6 * a + 4],
+                     half[6 * a + 5], v[t, 6 * a], v[t, 6 * a + 1], v[t, 6 * a + 2], v[t, 6 * a + 3],
+                     v[t, 6 * a + 4], v[t, 6 * a + 5])
+
+
+@numba.njit(cache=True, error_model="numpy", boundscheck=False, fastmath={"contract"})
+def _winograd4_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
+    """Winograd F(4x4, 3x3) output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (tiles, 36, M)`` into
+    the channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3), outputs past the edge
+    dropped."""
+    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    s = np.empty((24, m), np.float32)
+    o = np.empty((16, m), np.float32)
+    for g in range(g0, g1):
+        img, ti = g // th, g % th
+        for tj in range(tw):
+            t = (g - g0) * tw + tj
+            for col in range(6):  # A^T down each column
+                _at6(mo[t, col], mo[t, 6 + col], mo[t, 12 + col], mo[t, 18 + col], mo[t, 24 + col], mo[t, 30 + col],
+                     s[col], s[6 + col], s[12 + col], s[18 + col])
+            for r in range(4):  # then along each row
+                _at6(s[6 * r], s[6 * r + 1], s[6 * r + 2], s[6 * r + 3], s[6 * r + 4], s[6 * r + 5],
+                     o[4 * r], o[4 * r + 1], o[4 * r + 2], o[4 * r + 3])
+            for r in range(min(4, ho - 4 * ti)):
+                for q in range(min(4, wo - 4 * tj)):
+                    src, out, rr = o[4 * r + q], y[img, 4 * ti + r, 4 * tj + q], res[img, 4 * ti + r, 4 * tj + q]
+                    if has_res:
+                        for k in range(m):
+                            out[k] = act(src[k] + bias[k] + rr[k], code, a, b)
+                    else:
+                        for k in range(m):
+                            out[k] = act(src[k] + bias[k], code, a, b)
 
 
 @numba.njit(cache=True)
@@ -482,9 +599,11 @@ def _fast_nhwc(x, w, b, z, geom, group, code, a, bb, out=None):
             sgemm(xs[p0:p0 + step], w2, yt)
             epilogue(yt, bias, rs[p0:p0 + step], has_res, False, code, a, bb)
         return y
-    if kh == kw == 3 and sh == sw == dh == dw == 1 and c >= WINOGRAD_CHANNELS and min(ho, wo) >= WINOGRAD_SIZE \
-            and n * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_TILES and is_constant(w):
-        return _nhwc_winograd(x, _winograd_weight(w), bias, y, res, has_res, (ph, pw), code, a, bb)
+    if kh == kw == 3 and sh == sw == dh == dw == 1 and is_constant(w):
+        if c >= WINOGRAD4_CHANNELS and c * m <= WINOGRAD4_WEIGHTS and min(ho, wo) >= WINOGRAD4_SIZE:
+            return _nhwc_winograd(x, w, bias, y, res, has_res, (ph, pw), code, a, bb, 4)
+        if c >= WINOGRAD_CHANNELS and min(ho, wo) >= WINOGRAD_SIZE and n * -(-ho // 2) * -(-wo // 2) >= WINOGRAD_TILES:
+            return _nhwc_winograd(x, w, bias, y, res, has_res, (ph, pw), code, a, bb, 2)
     if p * k <= TILE_ELEMENTS // 2:  # small images: the windows of several images in a tile, one GEMM
         return _nhwc_images(x, w2, bias, y, res, has_res, (kh, kw, sh, sw, dh, dw, ph, pw, ho, wo), code, a, bb)
     if sh == sw == dh == dw == 1:
@@ -523,42 +642,73 @@ def _nhwc_row_windows(x, w, bias, y, res, has_res, geom, code, a, bb):
     return y
 
 
-def _winograd_weight(w: np.ndarray) -> np.ndarray:
-    """The Winograd transform ``G g G^T`` of a constant ``(3, 3, C, M)`` weight as ``(16, C, M)``, made once."""
-    u = _winograd_weights.get(id(w))
+def _winograd_weight(w: np.ndarray, tile: int) -> np.ndarray:
+    """The Winograd transform ``G g G^T`` of a constant ``(3, 3, C, M)`` weight for ``tile x tile`` output tiles, as
+    ``((tile + 2)**2, C, M)``, made once."""
+    key = (id(w), tile)
+    u = _winograd_weights.get(key)
     if u is None:
-        g = _WINOGRAD_G
-        u = np.einsum("ai,ijcm,bj->abcm", g, w.astype(np.float64), g).reshape(16, *w.shape[2:]).astype(F32)
-        _winograd_weights[id(w)] = u
-        weakref.finalize(w, _winograd_weights.pop, id(w), None)
+        g = _WINOGRAD_G[tile]
+        u = np.einsum("ai,ijcm,bj->abcm", g, w.astype(np.float64), g).reshape(-1, *w.shape[2:]).astype(F32)
+        _winograd_weights[key] = u
+        weakref.finalize(w, _winograd_weights.pop, key, None)
     return u
 
 
-def _slabs(size: int, name: str) -> np.ndarray:
-    """A ``(16, size)`` scratch whose rows start a cache line apart from any 4 KiB multiple (no set conflicts)."""
-    return scratch(16 * (size + 16), name).reshape(16, size + 16)[:, :size]
-
-
-def _nhwc_winograd(x, u, bias, y, res, has_res, pads, code, a, bb):
-    """The channels-last 3x3 stride-1 conv as Winograd F(2x2, 3x3): per block of 2x2-output tile rows (of the
-    whole batch), the input transform, 16 GEMMs ``V[k] @ U[k]`` and the output transform with the epilogue."""
+def _nhwc_winograd(x, w, bias, y, res, has_res, pads, code, a, bb, tile):
+    """The channels-last 3x3 stride-1 conv as Winograd F(2x2, 3x3) or F(4x4, 3x3) (``tile``): per block of tile rows
+    (of the whole batch), the input transform, one GEMM ``V[k] @ U[k]`` per transformed position and the output
+    transform with the epilogue."""
+    u = _winograd_weight(w, tile)
     n, c = x.shape[0], x.shape[3]
     ho, wo, m = y.shape[1:]
-    th, tw = -(-ho // 2), -(-wo // 2)
-    rows = max(1, WINOGRAD_BLOCK // (16 * tw * max(c, m)))
-    v = _slabs(rows * tw * c, "winograd_in").reshape(16, rows * tw, c)
-    mo = _slabs(rows * tw * m, "winograd_out").reshape(16, rows * tw, m)
+    th, tw, parts = -(-ho // tile), -(-wo // tile), (tile + 2) ** 2
+    rows = max(1, WINOGRAD_BLOCK // (parts * tw * max(c, m)))
+    v = scratch(rows * tw * parts * c, "winograd_in").reshape(rows * tw, parts, c)  # tile-major: a tile's
+    mo = scratch(rows * tw * parts * m, "winograd_out").reshape(rows * tw, parts, m)  # transforms in one run
+    forward, backward = (_winograd_input, _winograd_output) if tile == 2 else (_winograd4_input, _winograd4_output)
     inline = code if code <= 3 else 0
     for g0 in range(0, n * th, rows):
         g1 = min(g0 + rows, n * th)
         t = (g1 - g0) * tw
-        _winograd_input(x, v, *pads, th, tw, g0, g1)
-        for k in range(16):
-            sgemm(v[k, :t], u[k], mo[k, :t])
-        _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, inline, a, bb)
+        forward(x, v, *pads, th, tw, g0, g1)
+        _gemm_each(v[:t].transpose(1, 0, 2), u, mo[:t].transpose(1, 0, 2))
+        backward(mo, y, bias, res, has_res, th, tw, g0, g1, inline, a, bb)
     if code > 3:
         activate(y.reshape(y.size), code, a, bb)
     return y
+
+
+def _batch_gemm(lib):
+    """MKL's ``cblas_sgemm_batch`` with its argument types, or None where this MKL lacks it."""
+    if "gemm" not in _batched:
+        fn = getattr(lib, "cblas_sgemm_batch", None)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 13 + [ctypes.c_int, ctypes.c_void_p]
+            fn.restype = None
+        _batched["gemm"] = fn
+    return _batched["gemm"]
+
+
+def _gemm_each(a, b, out):
+    """``out[k] = a[k] @ b[k]`` for stacks of float32 matrices with unit column strides (a Winograd transform's
+    products): one MKL ``cblas_sgemm_batch`` call (a call each costs ~10 us, a third of a small product), else
+    :func:`sgemm` in a loop."""
+    lib = library()
+    fn = None if lib is None else _batch_gemm(lib)
+    parts, t, c = a.shape
+    if fn is None or (a.strides[2], b.strides[2], out.strides[2]) != (4, 4, 4):
+        for k in range(parts):
+            sgemm(a[k], b[k], out[k])
+        return
+    ints = np.array([111, 111, t, b.shape[2], c, a.strides[1] // 4, b.strides[1] // 4, out.strides[1] // 4, parts],
+                    np.int32)  # no transposes, m, n, k, lda, ldb, ldc, group size
+    ones = np.array([1, 0], F32)  # alpha, beta
+    firsts = np.array([a.ctypes.data, b.ctypes.data, out.ctypes.data], np.int64)[:, None]
+    ptrs = firsts + np.arange(parts) * np.array([a.strides[0], b.strides[0], out.strides[0]], np.int64)[:, None]
+    i, f, q = ints.ctypes.data, ones.ctypes.data, ptrs.ctypes.data
+    fn(101, i, i + 4, i + 8, i + 12, i + 16, f, q, i + 20, q + 8 * parts, i + 24, f + 4, q + 16 * parts, i + 28, 1,
+       i + 32)
 
 
 def _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb):
