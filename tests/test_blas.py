@@ -113,6 +113,7 @@ def test_transposed_constants_go_through_a_row_major_copy_made_once(m):
     if id(w) in blas._transposes:
         t = blas._transposes[id(w)][1]
         assert t.flags.c_contiguous and np.array_equal(t, w.T) and blas.transposed(w) is t
+        assert t.ctypes.data % 64 == 0  # MKL reads a misaligned copy up to 1.3x slower
     key = id(w)
     del w
     assert key not in blas._transposes
@@ -122,6 +123,7 @@ def test_transposed_of_a_variable_is_a_fresh_copy():
     x = rand(3, 5, 7)
     t = blas.transposed(x)
     assert t.flags.c_contiguous and np.array_equal(t, x.transpose(0, 2, 1)) and id(x) not in blas._transposes
+    assert t.ctypes.data % 64 == 0
     x[0, 0, 0] = 9.0
     assert blas.transposed(x)[0, 0, 0] == 9.0
 

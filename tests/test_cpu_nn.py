@@ -91,6 +91,43 @@ def test_gemm_and_fused_gemm(trans_a, trans_b, c_shape):
     np.testing.assert_allclose(fused(a, b, c, activation="relu", **kw), np.maximum(want, 0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "tanh", "softmax"])
+@pytest.mark.parametrize("alpha,beta,trans_a,trans_b", [(1.0, 1.0, 0, 1), (0.7, 1.0, 0, 0), (1.0, 1.5, 0, 1),
+                                                         (1.0, 1.0, 1, 0)])
+@pytest.mark.parametrize("c_shape", [None, (5,), (3, 5)])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_bound_gemm_matches_the_keyword_kernel(act, alpha, beta, trans_a, trans_b, c_shape, with_out):
+    """What the executor calls (``kernel.bind_attrs(**attrs)``): its fast path and every fallback give the kernel's
+    values, into the planned buffer when one is given."""
+    fused, _ = kernels("FusedGemm", "opencann")
+    a = randn(*((4, 3) if trans_a else (3, 4)))
+    b = randn(*((5, 4) if trans_b else (4, 5)))
+    c = None if c_shape is None else randn(*c_shape)
+    kw = {"alpha": alpha, "beta": beta, "transA": trans_a, "transB": trans_b, "activation": act}
+    out = np.full((3, 5), np.nan, F32) if with_out else None
+    got = fused.bind_attrs(**kw)(a, b, c, out=out)
+    np.testing.assert_allclose(got, fused(a, b, c, **kw), rtol=1e-5, atol=1e-6)
+    if with_out and act != "softmax" and beta == 1.0 and not trans_a and c_shape != (3, 5):
+        assert got is out  # the fast path wrote the planned buffer
+    gemm_fast, gemm_ref = kernels("Gemm")
+    if act == "none":
+        kw.pop("activation")
+        np.testing.assert_allclose(gemm_fast.bind_attrs(**kw)(a, b, c), gemm_ref(a, b, c, **kw), rtol=1e-5, atol=1e-6)
+
+
+def test_bound_gemm_fallbacks():
+    gemm_fast, gemm_ref = kernels("Gemm")
+    a, b, c = randn(3, 4, dtype=np.float64), randn(4, 2, dtype=np.float64), randn(2, dtype=np.float64)
+    np.testing.assert_array_equal(gemm_fast.bind_attrs()(a, b, c), gemm_ref(a, b, c))
+    with pytest.raises(AclError, match="broadcast"):
+        gemm_fast.bind_attrs(broadcast=0)(a.astype(F32), b.astype(F32), c.astype(F32))
+    with pytest.raises(AclError, match="do not multiply"):
+        gemm_fast.bind_attrs()(randn(3, 4), randn(5, 2))
+    a, b, c = randn(3, 4), randn(4, 2), randn(4)[::2]  # a bias row that is not contiguous
+    np.testing.assert_allclose(gemm_fast.bind_attrs()(a, b, c), gemm_ref(a, b, c), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gemm_fast.bind_attrs()(randn(3, 0), randn(0, 2), c), np.broadcast_to(c, (3, 2)))
+
+
 def test_gemm_fallbacks():
     fast, ref = kernels("Gemm")
     a, b, c = randn(3, 4, dtype=np.float64), randn(4, 2, dtype=np.float64), randn(2, dtype=np.float64)
