@@ -15,6 +15,7 @@ thread count (:class:`StepThreads`), as TensorFlow's own pools are idle then.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -103,8 +104,6 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])
     batch_list_ops(hoist_invariants(compiled.graph))
     if dump:
-        import os
-
         os.makedirs(dump, exist_ok=True)
         with open(os.path.join(dump, f"{graph.name}.txt"), "w", encoding="utf-8") as f:
             f.write(str(compiled.graph))
@@ -176,12 +175,12 @@ class _Eager:
 
 class VariableIO:
     """Reads a program's variables in one TF call and writes the assigned ones back in another: two traced
-    functions over the variables' handles, run by TF's executor directly (one eager op per variable costs
-    ~3x more). A read is zero-copy, a read-only view of TF's buffer (TF copies on its next write while the
-    view lives). A write hands TF the new arrays, which it adopts without copying when aligned, so each
-    must be the caller's alone (see :func:`handoff`). Each array handed to TF costs ~10 us, so variables of
-    a static shape under :data:`PACK_LIMIT` elements (unfused NumPy results, unaligned: TF would copy them
-    anyway) travel packed, one flat array per dtype that the write function splits."""
+    functions over the variables' handles, run by TF's single-threaded executor directly (one eager op per
+    variable costs ~3x more). A read is zero-copy, a read-only view of TF's buffer (TF copies on its next
+    write while the view lives). A write hands TF the new arrays, which it adopts without copying when
+    aligned, so each must be the caller's alone (see :func:`handoff`). Each array handed to TF costs ~10 us,
+    so variables of a static shape under :data:`PACK_LIMIT` elements (unfused NumPy results, unaligned: TF
+    would copy them anyway) travel packed, one flat array per dtype that the write function splits."""
 
     PACK_LIMIT = 1 << 14  # elements; fuse_elementwise's MIN_ELEMENTS: larger results are FusedUpdate's, aligned
 
@@ -214,7 +213,8 @@ class VariableIO:
                                                       [tf.TensorSpec([None], write_dtypes[m[0]])
                                                        for m in writing.packs]))
         self.names = [f.function_def.signature.name for f in self.functions]
-        self.attrs = tuple(itertools.chain(*fast.context.function_call_options.as_attrs().items()))
+        attrs = {**fast.context.function_call_options.as_attrs(), "executor_type": "SINGLE_THREADED_EXECUTOR"}
+        self.attrs = tuple(itertools.chain(*attrs.items()))  # the inline executor: ~30% less CPU a call
         self.execute, self.context, self.tensor = pywrap_tfe.TFE_Py_Execute, fast.context, fast.tensor
 
     def read(self, handles: list) -> list[np.ndarray]:
@@ -272,10 +272,16 @@ def eager() -> _Eager:
     return _eager
 
 
+SPIN_COUNT = "1000"  # GNU OpenMP's busy-wait iterations before an idle worker sleeps (its default, 300,000: ~3.5 ms)
+
+
 class StepThreads:
-    """Sets BLAS (OpenBLAS, and MKL for the calling thread) and Numba to ``n`` threads while a step runs
-    (TensorFlow's pools idle meanwhile; with more threads than free cores their spinning workers slow every
-    kernel down), then restores them."""
+    """Sets MKL (for the calling thread) and Numba to ``n`` threads while a step runs (TensorFlow's pools idle
+    meanwhile), then restores them. OpenBLAS, which only does the small products where MKL is loaded, runs one
+    thread: its idle workers spin for tens of milliseconds after each call, taking the other core from every
+    kernel and from TF (a 2-thread MLP step cost 40-70 ms of CPU instead of 1.3). For ``n > 1``, GNU OpenMP (MKL's
+    and Numba's pool) is set to spin briefly, where it is not loaded yet and the environment does not say
+    (``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY``): by default its worker spins ~3.5 ms after each parallel region."""
 
     def __init__(self, n: int):
         import numba
@@ -283,17 +289,20 @@ class StepThreads:
 
         from opencann.ops import blas
 
+        if n > 1 and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
+            os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT  # read when libgomp loads (with MKL, just below)
         self.n = n
         self.libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
                      if lib.internal_api != "mkl"]
         self.mkl = blas.library()  # loaded now: its count is set per step, for this thread only
+        self.blas_n = n if self.mkl is None else 1  # OpenBLAS: the GEMM engine only where MKL is missing
         self.numba = numba
         self.saved: list[int] = []
 
     def __enter__(self):
         self.saved = [lib.num_threads for lib in self.libs] + [self.numba.get_num_threads()]
         for lib in self.libs:
-            lib.set_num_threads(self.n)
+            lib.set_num_threads(self.blas_n)
         if self.mkl is not None:
             self.mkl.MKL_Set_Num_Threads_Local(self.n)
         self.numba.set_num_threads(min(self.n, self.numba.config.NUMBA_NUM_THREADS))
