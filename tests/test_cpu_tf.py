@@ -19,6 +19,9 @@ CONV = {
     "explicit": ((2, 9, 8, 6), (3, 3, 6, 5), 2, "EXPLICIT", [0, 0, 1, 2, 0, 1, 0, 0], 1),
     "dilated": ((2, 9, 8, 5), (3, 3, 5, 4), 1, "SAME", [], 2),
     "dilated_few": ((2, 9, 8, 2), (2, 3, 2, 4), 1, "VALID", [], 2),
+    # one channel, padding wider than the filter: some output columns see no input at all
+    "one_channel_padded": ((2, 7, 9, 1), (3, 2, 1, 4), 1, "EXPLICIT", [0, 0, 2, 1, 3, 4, 0, 0], 1),
+    "one_channel_strided": ((2, 9, 10, 1), (3, 3, 1, 3), 2, "SAME", [], 1),
 }
 
 
@@ -121,6 +124,30 @@ def test_max_pool_and_gradient_match_the_reference(shape, k, s, padding, explici
     kc = dict(kw, ksize=[1, 1, k, k], strides=[1, 1, s, s], data_format="NCHW",
               explicit_paddings=explicit[:2] + explicit[6:] + explicit[2:6] if explicit else [])
     close(np.moveaxis(cpu_tf.tf_max_pool(nchw(x), **kc), 1, -1), tf_nn.tf_max_pool(x, **kw))
+
+
+@pytest.mark.parametrize("shape, k, s, padding, explicit", POOLS)
+def test_max_pool_grad_with_relu_is_relu_grad_of_max_pool_grad(shape, k, s, padding, explicit):
+    x = np.round(RNG.standard_normal(shape), 1).astype(np.float32)  # ties, zeros and negative maxima
+    kw = dict(ksize=[1, k, k, 1], strides=[1, s, s, 1], padding=padding, explicit_paddings=explicit)
+    y = tf_nn.tf_max_pool(x, **kw)
+    g = RNG.standard_normal(y.shape).astype(np.float32)
+    expected = tf_ops.relu_grad(tf_nn.max_pool_grad(x, y, g, **kw), x)
+    assert (expected == 0).any() and (expected != 0).any()
+    close(tf_nn.max_pool_grad(x, y, g, relu=1, **kw), expected, 0)
+    close(cpu_tf.max_pool_grad(x, y, g, relu=1, **kw), expected)
+    kc = dict(kw, ksize=[1, 1, k, k], strides=[1, 1, s, s], data_format="NCHW",
+              explicit_paddings=explicit[:2] + explicit[6:] + explicit[2:6] if explicit else [])
+    close(np.moveaxis(cpu_tf.max_pool_grad(nchw(x), nchw(y), nchw(g), relu=1, **kc), 1, -1), expected)
+
+
+@pytest.mark.parametrize("shape, k, padding", [((2, 9, 8, 3), (3, 2), "VALID"), ((2, 6, 8, 5), (3, 2), "SAME"),
+                                               ((1, 5, 4, 2), (1, 1), "VALID")])
+def test_max_pool_of_tiling_windows_matches_the_reference(shape, k, padding):
+    x = np.round(RNG.standard_normal(shape), 1).astype(np.float32)
+    x[0, 1, 1, 0] = np.nan
+    kw = dict(ksize=[1, *k, 1], strides=[1, *k, 1], padding=padding)
+    np.testing.assert_array_equal(cpu_tf.tf_max_pool(x, **kw), tf_nn.tf_max_pool(x, **kw))
 
 
 def test_max_pool_propagates_nan():

@@ -8,14 +8,18 @@ filters, broadcast operands). float32 2-D convolutions work channels-last with T
 filters: a Numba loop gathers the input windows into a reused im2col buffer, rows ``(n, oh, ow)`` by columns
 ``(i, j, c)`` (the filter's order), or tap-major (the transpose) for inputs of few channels, where it copies
 runs of output columns; the forward conv is one BLAS product ``cols @ W`` and the filter gradient
-``cols.T @ dy``; the input gradient is ``dy @ W.T`` scatter-added back by a Numba col2im. Max pooling and
-MaxPoolGrad are direct Numba loops over NHWC windows, vectorized over channels; MaxPoolGrad routes each window's
-gradient to its first maximum, as TensorFlow's CPU kernel does. BiasAddGrad sums blocks of rows in float32 and
-the blocks in float64; fused batch norm takes per-channel statistics in two float64-accumulated passes and
-normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for bit the reference's (and
-TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...) compute the new variable
-and slots in one Numba pass, element by element in the reference's float32 operation order, instead of a NumPy
-temporary per operation. The Numba kernels are serial (one thread).
+``cols.T @ dy``; the input gradient is ``dy @ W.T`` scatter-added back by a Numba col2im. Batches go by groups
+of images whose windows fit 1 MiB (the GEMM then reads them from L2). The gathers copy whole window rows
+(``kw * c`` elements) through slices indexed by the loop counter, which LLVM vectorizes (offsets computed per
+element it does not). Max pooling and MaxPoolGrad are direct Numba loops over NHWC windows, vectorized over
+channels; MaxPoolGrad routes each window's gradient to its first maximum, as TensorFlow's CPU kernel does, and
+with ``relu=1`` (the TF importer's fusion of a following ReluGrad) only to a positive one. BiasAddGrad sums
+blocks of rows in float32 and the blocks in float64; fused batch norm takes per-channel statistics in two
+float64-accumulated passes and normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for
+bit the reference's (and TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...)
+compute the new variable and slots in one Numba pass, element by element in the reference's float32 operation
+order, instead of a NumPy temporary per operation. The Numba kernels are serial (one thread); the convolutions'
+groups of images are independent (but for the filter gradient's sum) and would parallelise well.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from opencann.ops.registry import kernel
 F32 = np.dtype(np.float32)
 DOMAIN = "opencann"
 FEW_CHANNELS = 4  # at most this many input channels: convolutions gather their windows tap-major
-TILE_ELEMENTS = 1 << 22  # the largest im2col buffer (16 MiB of float32): bigger batches go by groups of images
+TILE_ELEMENTS = 1 << 18  # im2col buffer (1 MiB of float32, stays in L2 for the GEMM): larger go by groups of images
 SUM_BLOCK = 256  # rows per float32 partial sum of BiasAddGrad
 FLOAT = 1  # ONNX's float32 type code
 _local = threading.local()
@@ -52,25 +56,37 @@ def _scratch(size: int) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _im2col(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
-    """Windows of NHWC ``x`` into rows ``(n, oh, ow)`` x columns ``(i, j, c)``, zeros for padding."""
+    """Windows of NHWC ``x`` into rows ``(n, oh, ow)`` x columns ``(i, j, c)``, zeros for padding. (Loops index
+    slices by their own counter: LLVM vectorizes those, not offsets computed per element.)"""
     n, h, w, c = x.shape
+    rows_x = x.reshape(n, h, w * c)
+    span = kw * c
     r = 0
     for b in range(n):
         for oh in range(ho):
             for ow in range(wo):
                 row = cols[r]
+                iw0 = ow * sw - pw
+                inside = dw == 1 and iw0 >= 0 and iw0 + kw <= w
                 for i in range(kh):
                     ih = oh * sh - ph + i * dh
-                    for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        k = (i * kw + j) * c
-                        if ih < 0 or ih >= h or iw < 0 or iw >= w:
-                            for ch in range(c):
-                                row[k + ch] = 0.0
-                        else:
-                            src = x[b, ih, iw]
-                            for ch in range(c):
-                                row[k + ch] = src[ch]
+                    dst = row[i * span:(i + 1) * span]
+                    if ih < 0 or ih >= h:
+                        dst[:] = 0.0
+                    elif inside:  # the window's row is one run of kw * c elements
+                        src = rows_x[b, ih, iw0 * c:iw0 * c + span]
+                        for t in range(span):
+                            dst[t] = src[t]
+                    else:
+                        for j in range(kw):
+                            iw = iw0 + j * dw
+                            d = dst[j * c:(j + 1) * c]
+                            if iw < 0 or iw >= w:
+                                d[:] = 0.0
+                            else:
+                                s = x[b, ih, iw]
+                                for ch in range(c):
+                                    d[ch] = s[ch]
                 r += 1
 
 
@@ -78,8 +94,15 @@ def _im2col(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
 def _im2col_taps(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
     """The transpose of :func:`_im2col`, ``cols ((i, j, c), (n, oh, ow))``: runs of ``ow`` (few channels)."""
     n, h, w, c = x.shape
+    rows_x = x.reshape(n, h, w * c)
     for i in range(kh):
         for j in range(kw):
+            off = j * dw - pw  # iw = ow * sw + off
+            lo, hi = 0, wo  # the outputs [lo, hi) whose iw is inside
+            while lo < wo and lo * sw + off < 0:
+                lo += 1
+            while hi > lo and (hi - 1) * sw + off >= w:
+                hi -= 1
             for ch in range(c):
                 dst = cols[(i * kw + j) * c + ch].reshape(n, ho, wo)
                 for b in range(n):
@@ -89,10 +112,16 @@ def _im2col_taps(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                         if ih < 0 or ih >= h:
                             d[:] = 0.0
                             continue
-                        src = x[b, ih, :, ch]
-                        for ow in range(wo):
-                            iw = ow * sw - pw + j * dw
-                            d[ow] = src[iw] if 0 <= iw < w else 0.0
+                        d[:lo] = 0.0
+                        d[hi:] = 0.0
+                        if c == 1 and sw == 1:  # one contiguous run
+                            src, run = rows_x[b, ih, lo + off:hi + off], d[lo:hi]
+                            for t in range(hi - lo):
+                                run[t] = src[t]
+                        else:
+                            src = x[b, ih, :, ch]
+                            for ow in range(lo, hi):
+                                d[ow] = src[ow * sw + off]
 
 
 @numba.njit(cache=True)
@@ -112,23 +141,25 @@ def _col2im(cols, dx, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                     ih = oh * sh - ph + i * dh
                     if ih < 0 or ih >= h:
                         continue
-                    k = i * span
+                    src = cols[r, i * span:(i + 1) * span]
                     if inside:
-                        base = iw0 * c
+                        dst = rows[b, ih, iw0 * c:iw0 * c + span]
                         for t in range(span):
-                            rows[b, ih, base + t] += cols[r, k + t]
+                            dst[t] += src[t]
                     else:
                         for j in range(kw):
                             iw = iw0 + j * dw
                             if 0 <= iw < w:
+                                d, s = dx[b, ih, iw], src[j * c:(j + 1) * c]
                                 for ch in range(c):
-                                    rows[b, ih, iw * c + ch] += cols[r, k + j * c + ch]
+                                    d[ch] += s[ch]
                 r += 1
 
 
 @numba.njit(cache=True)
-def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw):
-    """Each NHWC window's gradient onto its first (row-major) maximum among the unpadded elements."""
+def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw, relu):
+    """Each NHWC window's gradient onto its first (row-major) maximum among the unpadded elements (``relu``: only
+    onto a positive maximum, ReluGrad on ``x`` fused)."""
     n, h, w, c = x.shape
     ho, wo = g.shape[1], g.shape[2]
     tiled = sh == kh and sw == kw and ph == 0 and pw == 0  # each pixel in one window at most: written, not added
@@ -160,6 +191,9 @@ def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw):
                             best[ch] = v if better else m
                             at[ch] = here if better else at[ch]
                 grow = g[b, oh, ow]
+                if relu:
+                    for ch in range(c):
+                        at[ch] = at[ch] if best[ch] > 0 else -1
                 if tiled:
                     for i in range(i0, i1):
                         for j in range(j0, j1):
@@ -169,7 +203,8 @@ def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw):
                                 dst[ch] = grow[ch] if at[ch] == here else 0.0
                 else:
                     for ch in range(c):
-                        flat[at[ch], ch] += grow[ch]
+                        if at[ch] >= 0:
+                            flat[at[ch], ch] += grow[ch]
 
 
 @numba.njit(cache=True)
@@ -193,6 +228,36 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
                         for ch in range(c):
                             v, m = src[ch], row[ch]
                             row[ch] = v if (v > m or v != v) else m
+
+
+@numba.njit(cache=True)
+def _max_pool_tiled(x, y, kh, kw):
+    """:func:`_max_pool` of windows that tile ``x`` from its origin (no overlap, no padding): the maximum of each
+    window's ``kh`` rows first, over runs of ``wo * kw * c`` elements, then of its ``kw`` pixels."""
+    n, c = x.shape[0], x.shape[3]
+    ho, wo = y.shape[1], y.shape[2]
+    rows = x.reshape(n, x.shape[1], x.shape[2] * c)
+    span = wo * kw * c
+    v = np.empty(span, x.dtype)
+    for b in range(n):
+        for oh in range(ho):
+            first = rows[b, oh * kh, :span]
+            for e in range(span):
+                v[e] = first[e]
+            for i in range(1, kh):
+                r = rows[b, oh * kh + i, :span]
+                for e in range(span):
+                    a, m = r[e], v[e]
+                    v[e] = a if (a > m or a != a) else m
+            for ow in range(wo):
+                out, s0 = y[b, oh, ow], v[ow * kw * c:(ow * kw + 1) * c]
+                for ch in range(c):
+                    out[ch] = s0[ch]
+                for j in range(1, kw):
+                    s = v[(ow * kw + j) * c:(ow * kw + j + 1) * c]
+                    for ch in range(c):
+                        a, m = s[ch], out[ch]
+                        out[ch] = a if (a > m or a != a) else m
 
 
 @numba.njit(cache=True)
@@ -235,8 +300,10 @@ def _conv_plan(in_shape, filter_shape, dy, strides, padding, explicit_paddings, 
 
 
 def _tiles(n: int, per_image: int) -> list[tuple[int, int]]:
-    """Groups of whole images ``[b0, b1)`` whose windows fit ``TILE_ELEMENTS`` (at least one image each)."""
-    step = max(1, TILE_ELEMENTS // max(per_image, 1))
+    """Groups of whole images ``[b0, b1)`` of even sizes whose windows fit ``TILE_ELEMENTS`` (at least one image
+    each)."""
+    groups = -(-n // max(1, TILE_ELEMENTS // max(per_image, 1)))
+    step = max(1, -(-n // max(groups, 1)))
     return [(b, min(b + step, n)) for b in range(0, n, step)]
 
 
@@ -291,7 +358,11 @@ def tf_max_pool(input, *, ksize=(), strides=(), padding="VALID", explicit_paddin
         x.shape, tf_nn._spatial(ksize, data_format, 2), strides, (), padding, explicit_paddings, data_format)
     shape = (x.shape[0], ho, wo, x.shape[-1])
     y = out if tf_nn._last(data_format) and _fits(out, shape, input) else np.empty(shape, F32)
-    _max_pool(x, y, *kernel_, *strides_, *begin)
+    if list(strides_) == list(kernel_) and not any(begin) and ho * kernel_[0] <= x.shape[1] and \
+            wo * kernel_[1] <= x.shape[2]:
+        _max_pool_tiled(x, y, *kernel_)
+    else:
+        _max_pool(x, y, *kernel_, *strides_, *begin)
     return tf_nn._from_last(y, data_format)
 
 
@@ -338,16 +409,16 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
 
 @kernel("MaxPoolGrad", "cpu", domain=DOMAIN)
 def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), padding="VALID", explicit_paddings=(),
-                  data_format="NHWC"):
+                  data_format="NHWC", relu=0):
     if orig_input.dtype != F32 or grad.dtype != F32 or orig_input.ndim != 4:
         return tf_nn.max_pool_grad(orig_input, orig_output, grad, ksize=ksize, strides=strides, padding=padding,
-                                   explicit_paddings=explicit_paddings, data_format=data_format)
+                                   explicit_paddings=explicit_paddings, data_format=data_format, relu=relu)
     x = np.ascontiguousarray(tf_nn._to_last(orig_input, data_format))
     g = np.ascontiguousarray(tf_nn._to_last(grad, data_format))
     kernel_, strides_, begin = tf_nn._pool_geometry(x.shape, g, ksize, strides, padding, explicit_paddings,
                                                     data_format)
     dx = np.empty(x.shape, F32)
-    _max_pool_grad(x, g, dx, kernel_[0], kernel_[1], strides_[0], strides_[1], begin[0], begin[1])
+    _max_pool_grad(x, g, dx, kernel_[0], kernel_[1], strides_[0], strides_[1], begin[0], begin[1], bool(relu))
     return tf_nn._from_last(dx, data_format)
 
 

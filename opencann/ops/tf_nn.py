@@ -269,8 +269,9 @@ def _first_max_tap(win: np.ndarray, nd: int) -> np.ndarray:
 
 @op("MaxPoolGrad", domain=DOMAIN)
 def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), padding="VALID", explicit_paddings=(),
-                  data_format="NHWC"):
-    """MaxPoolGrad / MaxPool3DGrad: each window's gradient goes to its maximum."""
+                  data_format="NHWC", relu=0):
+    """MaxPoolGrad / MaxPool3DGrad: each window's gradient goes to its maximum. ``relu=1``: followed by ReluGrad
+    on ``orig_input`` (a pooled ReLU's output): zero where ``orig_input`` is not positive."""
     dt = compute_dtype(orig_input.dtype)
     x = _to_last(orig_input.astype(dt, copy=False), data_format)
     g = _to_last(grad.astype(dt, copy=False), data_format)
@@ -285,6 +286,8 @@ def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), paddin
         flat = flat * in_shape[i] + start + taps[i]
     flat = flat * x.shape[-1] + np.arange(x.shape[-1])
     dx = np.bincount(flat.ravel(), weights=g.ravel(), minlength=x.size).reshape(x.shape)
+    if relu:
+        dx = np.where(x > 0, dx, 0)
     return _from_last(dx, data_format).astype(orig_input.dtype, copy=False)
 
 

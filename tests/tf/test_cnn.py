@@ -263,6 +263,20 @@ def test_max_pool_explicit_padding():
     assert_same(*run_both(with_grads(lambda x: tf.nn.max_pool2d(x, 3, 2, padding), 1), x))
 
 
+@pytest.mark.parametrize("ksize, strides, padding", [(2, 2, "VALID"), (3, 2, "SAME")])
+def test_relu_gradient_after_max_pool_gradient_is_fused(ksize, strides, padding):
+    x = np.round(RNG.standard_normal((2, 8, 8, 3)), 1).astype(np.float32)  # ties and zeros
+    pooled = with_grads(lambda x: tf.nn.max_pool2d(tf.nn.relu(x), ksize, strides, padding), 1)
+    adapter = oc.enable()
+    try:
+        got = [t.numpy() for t in tf.function(pooled)(x)]
+        graph = str(next(iter(adapter.programs.values())).executor.plan.graph)
+    finally:
+        oc.disable()
+    assert "relu=1" in graph and "ReluGrad" not in graph and graph.count("MaxPoolGrad(") == 1
+    assert_same(got, [t.numpy() for t in tf.function(pooled)(x)])
+
+
 def test_max_pool_gradient_ties_go_to_the_first_maximum():
     x = np.maximum(np.round(RNG.standard_normal((2, 8, 8, 3)), 0), 0).astype(np.float32)  # many equal values
     assert_same(*run_both(with_grads(lambda x: tf.nn.max_pool2d(x, 3, 2, "SAME"), 1), x))

@@ -24,7 +24,13 @@ def bias_add_grad(ctx: Context, op):
 
 @tf_op("ReluGrad")
 def relu_grad(ctx: Context, op):
-    return [ctx.node("ReluGrad", ctx.inputs(op), domain="opencann")]
+    """A ReLU's gradient; after the gradient of max pooling the ReLU's output, one fused MaxPoolGrad (the unfused
+    one is left to dead-code elimination)."""
+    g, f = ctx.inputs(op)
+    pool = next((n for n in reversed(ctx.nodes) if any(o is g for o in n.outputs)), None)
+    if pool is not None and (pool.domain, pool.op) == ("opencann", "MaxPoolGrad") and pool.inputs[0] is f:
+        return [ctx.node("MaxPoolGrad", pool.inputs, domain="opencann", **{**pool.attrs, "relu": 1})]
+    return [ctx.node("ReluGrad", [g, f], domain="opencann")]
 
 
 @tf_op("Softmax", "LogSoftmax")
