@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint bench clean clean-cache chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,9 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/onnx_models.py --size full --batch 1,32 --markdown
 
-clean:
+# Numba's cached machine code (stale when a module a kernel calls into changed: docs/architecture.md)
+clean-cache:
+	find opencann -name '*.nbi' -delete -o -name '*.nbc' -delete
+
+clean: clean-cache
 	rm -rf $(VENV) build *.egg-info
