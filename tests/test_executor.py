@@ -184,3 +184,44 @@ def test_a_body_reads_its_captured_values_once_per_scope():
     assert scope.reads == 1  # w, read at the first call only
     with pytest.raises(AclError, match="takes 1 inputs, got 2"):
         sub(x, x)
+
+
+@op("FlipInPlace", domain=DOMAIN)
+def _flip(x, out=None):
+    calls.append(out is not None)
+    return np.logical_not(x, out=out)
+
+
+def test_loop_iterations_share_a_condition_input_no_kernel_may_write():
+    """Every iteration gets the same read-only ``True`` as its condition input: a kernel offered ``out`` for a
+    dying input never receives it, so the next iteration still reads True (3 iterations, not 1 or 2)."""
+    it, cond, v = Value("it", TensorType(np.int64, ())), Value("cond", TensorType(np.bool_, ())), Value("v")
+    one = Value("one", const=np.array(1, np.int64))
+    c1, c2, v2 = Value("c1"), Value("c2"), Value("v2")
+    body = Graph(inputs=[it, cond, v], outputs=[c2, v2, c1],
+                 nodes=[Node("FlipInPlace", [cond], [c1], domain=DOMAIN), Node("Not", [c1], [c2]),
+                        Node("Add", [v, one], [v2])], initializers=[one], opsets={"": 17, DOMAIN: 1})
+    m, v0, out, scan = Value("m", const=np.array(3, np.int64)), Value("v0"), Value("out"), Value("scan")
+    graph = Graph(inputs=[v0], outputs=[out, scan], nodes=[Node("Loop", [m, None, v0], [out, scan], {"body": body})],
+                  initializers=[m], opsets={"": 17, DOMAIN: 1})
+    calls.clear()
+    got = Executor(graph).run([np.array(0, np.int64)])
+    assert int(got[0]) == 3 and got[1].tolist() == [False] * 3
+    assert calls == [False] * 3
+
+
+@op("ScaleAdd", domain=DOMAIN)
+def _scale_add(x, y, *, k=1.0):
+    return x * k + y
+
+
+_scale_add.bind_attrs = lambda k=1.0: lambda x, y: x * k + y + 100  # a kernel's own binding: what the launch list calls
+
+
+def test_kernels_with_a_bind_hook_run_their_bound_closure_on_every_input():
+    x, y, z = Value("x", TensorType(np.float32, (3,))), Value("y", TensorType(np.float32, (3,))), Value("z")
+    graph = Graph(inputs=[x, y], outputs=[z], nodes=[Node("ScaleAdd", [x, y], [z], {"k": 2.0}, domain=DOMAIN)],
+                  opsets={"": 23, DOMAIN: 1})
+    a, b = np.arange(3, dtype=np.float32), np.full(3, 10, np.float32)
+    for _ in range(2):
+        np.testing.assert_array_equal(Executor(graph).run([a, b])[0], a * 2 + b + 100)

@@ -46,11 +46,14 @@ def loop(m, cond, *v_initial, body):
     trip = None if m is None else int(np.asarray(m).reshape(-1)[0])
     keep = True if cond is None else _flag(cond, "Loop condition")
     state, scans, i = list(v_initial), [], 0
+    true = np.array(True)
+    true.flags.writeable = False  # one array for every iteration's (always true) condition input
     while keep and (trip is None or i < trip):
-        outs = body(np.array(i, dtype=np.int64), np.array(keep), *state)
+        outs = body(np.array(i, dtype=np.int64), true, *state)
         if cond is not None:
-            keep = _flag(outs[0], "Loop body condition")
-        state = list(outs[1:1 + n])
+            c = outs[0]
+            keep = bool(c) if type(c) is np.ndarray and c.shape == () else _flag(c, "Loop body condition")
+        state = outs[1:1 + n]
         scans.append(outs[1 + n:])
         i += 1
     k = len(body.output_names) - 1 - n

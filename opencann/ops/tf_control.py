@@ -21,10 +21,17 @@ DOMAIN = "opencann"
 
 
 def _index(index, length: int, what: str) -> int:
-    i = int(np.asarray(index).reshape(-1)[0])
+    i = _int(index)
     if not 0 <= i < length:
         raise AclError(ErrorCode.INVALID_PARAM, f"{what}: index {i} is out of range for a list of {length}")
     return i
+
+
+def _int(x) -> int:
+    """A scalar (or the first element of a tensor) as an int; ints and 0-d arrays (a loop's index) the fast way."""
+    if type(x) is int:
+        return x
+    return int(x.item()) if type(x) is np.ndarray and x.ndim == 0 else int(np.asarray(x).reshape(-1)[0])
 
 
 def _hole(items: list, element_shape, element_dtype: int, what: str) -> np.ndarray:
@@ -50,7 +57,7 @@ def tensor_list_reserve(num_elements):
 @op("TensorListSetItem", domain=DOMAIN)
 def tensor_list_set_item(items, index, item, *, resize_if_index_out_of_bounds=0):
     out = list(items)
-    i = int(np.asarray(index).reshape(-1)[0])
+    i = _int(index)
     if resize_if_index_out_of_bounds and i >= len(out):
         out.extend([None] * (i + 1 - len(out)))
     out[_index(i, len(out), "TensorListSetItem")] = item
@@ -155,3 +162,16 @@ def tensor_list_pop_back_many(*lists_then_shapes, element_dtypes):
     pops = [tensor_list_pop_back(lists_then_shapes[i], lists_then_shapes[k + i], element_dtype=element_dtypes[i])
             for i in range(k)]
     return tuple(rest for rest, _ in pops) + tuple(last for _, last in pops)
+
+
+@op("TensorListAddItem", domain=DOMAIN)
+def tensor_list_add_item(items, num_elements, index, item):
+    """``TensorListAddN(items, TensorListSetItem(TensorListReserve(num_elements), index, item))`` in one launch (a
+    gradient loop adding one element's gradient to its accumulator list): the same checks, the same sums."""
+    n = _int(num_elements)
+    if n != len(items):
+        raise AclError(ErrorCode.INVALID_PARAM, "AddN: the TensorLists differ in length")
+    i = _index(index, n, "TensorListSetItem")
+    out = list(items)
+    out[i] = item if out[i] is None else out[i] + item
+    return out

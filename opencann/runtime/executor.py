@@ -2,7 +2,8 @@
 
 Building a :class:`Plan` resolves every node to a kernel once (unsupported operators are reported
 together, with node names), binds its attributes with their defaults into the callable
-(``functools.partial``), evaluates ``Constant`` nodes, and numbers every value: a run's workspace is a
+(``functools.partial``, or the kernel's own ``bind_attrs(**attrs)`` closure), evaluates ``Constant`` nodes,
+and numbers every value: a run's workspace is a
 list indexed by slot number, pre-filled with the weights, and each step knows the slots it reads,
 writes and releases (values die right after their last use). Subgraphs (If/Loop/Scan bodies) are
 compiled the same way and reach their kernels as :class:`Subgraph` callables that read the enclosing
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ class Step:
     simple: bool = False  # single, and never given out=
     takes_out: bool = False  # the kernel has an ``out`` parameter
     arena: int = -1  # index of the output's planned buffer in an arena's views (-1: none)
+    fetch: Any = None  # operator.itemgetter of in_slots, with two or more inputs (cheaper than a comprehension)
 
 
 class Plan:
@@ -79,6 +82,9 @@ class Plan:
             self._template[self._slot(name)] = arr
         self._captured_slots = [(n, self.slot_of[n]) for n in self.captured]
         self._input_slots = [self._slot(n) for n in self.input_names]
+        first = self._input_slots[0] if self._input_slots else 0  # slots numbered in a row: one slice assignment
+        self._input_span = (first, len(self._input_slots)) \
+            if self._input_slots == list(range(first, first + len(self._input_slots))) else (0, -1)
         self._output_slots = [self._slot(n) for n in self.output_names]
         if device_kind == "cpu":
             blas.constant(*self.consts.values())  # weights never change: MKL may pack them once
@@ -112,6 +118,7 @@ class Plan:
             if self._fold_constant(step):
                 continue
             step.in_slots = tuple(self._slot(n) if n is not None else self._slot("") for n in step.inputs)
+            step.fetch = operator.itemgetter(*step.in_slots) if len(step.in_slots) > 1 else None
             step.out_slots = tuple(self._slot(n) if n else -1 for n in step.outputs)
             step.drop_slots = tuple(self._slot(n) for n in step.drop)
             step.single = (not step.subgraphs and step.n_outputs is None and len(step.outputs) == 1
@@ -183,7 +190,7 @@ class Plan:
                     n_outputs=len(node.outputs) if d.wants_n_outputs else None, drop=[],
                     subgraphs={} if d.graph_data else {k: Plan(g, self.device_kind, self.opsets)
                                                        for k, g in node.subgraphs.items()},
-                    call=functools.partial(fn, **attrs) if attrs else fn)
+                    call=_bind(fn, attrs))
 
     def _fold_constant(self, step: Step) -> bool:
         """Evaluate a ``Constant`` node once, at build time: its value joins the weights."""
@@ -222,17 +229,21 @@ class Plan:
 
     def run_list(self, inputs: Sequence[Any], outer: Mapping[str, Any] | None = None) -> list[Any]:
         """Run on the graph inputs given in order."""
-        vals = self._workspace(outer)
-        for slot, value in zip(self._input_slots, inputs, strict=False):
-            vals[slot] = value
-        return self._execute(vals, outer)
+        return self._execute(self._fill(self._workspace(outer), inputs), outer)
 
     def run_bound(self, base: list[Any], inputs: Sequence[Any], outer: Mapping[str, Any]) -> list[Any]:
         """Run on the graph inputs given in order, from ``base`` (``_workspace(outer)``, made once per scope)."""
-        vals = base.copy()
-        for slot, value in zip(self._input_slots, inputs, strict=False):
-            vals[slot] = value
-        return self._execute(vals, outer)
+        return self._execute(self._fill(base.copy(), inputs), outer)
+
+    def _fill(self, vals: list[Any], inputs: Sequence[Any]) -> list[Any]:
+        """``vals`` with the graph inputs given in order in their slots."""
+        first, count = self._input_span
+        if len(inputs) == count:
+            vals[first:first + count] = inputs
+        else:
+            for slot, value in zip(self._input_slots, inputs, strict=False):
+                vals[slot] = value
+        return vals
 
     def _workspace(self, outer: Mapping[str, Any] | None) -> list[Any]:
         vals = self._template.copy()
@@ -249,10 +260,12 @@ class Plan:
         try:
             for step in self.steps:
                 if step.simple:
-                    result = step.call(*[vals[i] for i in step.in_slots])
+                    fetch = step.fetch
+                    result = step.call(*(fetch(vals) if fetch is not None else [vals[i] for i in step.in_slots]))
                     vals[step.out_slots[0]] = result if type(result) is np.ndarray else _first(result)
                 elif step.single:
-                    args = [vals[i] for i in step.in_slots]
+                    fetch = step.fetch
+                    args = fetch(vals) if fetch is not None else [vals[i] for i in step.in_slots]
                     if views is not None and step.arena >= 0:
                         result = step.call(*args, out=views[step.arena])
                     elif step.reuse and _private(args[0]):
@@ -358,6 +371,15 @@ def _call(step: Step, fn: Any) -> Any:
     except Exception as exc:
         raise AclError(ErrorCode.INTERNAL_ERROR,
                        f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _bind(fn: Any, attrs: dict[str, Any]) -> Any:
+    """``fn`` with ``attrs`` bound: the kernel's own ``fn.bind_attrs(**attrs)`` where it has one (a closure, cheaper to
+    call than keywords), else ``functools.partial``."""
+    bind = getattr(fn, "bind_attrs", None)
+    if bind is not None:
+        return bind(**attrs)
+    return functools.partial(fn, **attrs) if attrs else fn
 
 
 def _takes_out(fn: Any) -> bool:

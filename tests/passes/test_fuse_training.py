@@ -1,10 +1,15 @@
 """Optimizer-update chains: Keras' per-variable elementwise arithmetic becomes one ElementwiseChain node,
 with bit-identical results; values read elsewhere, other dtypes and scalars stay outside."""
+import itertools
+
 import numpy as np
+import pytest
 
 from opencann.compiler.ir import Graph, Node, SequenceType, TensorType, Value
+from opencann.compiler.passes.fuse_rnn_loops import fuse_lstm_cells
 from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates, hoist_invariants
 from opencann.compiler.passes.shape_inference import infer_shapes
+from opencann.errors import AclError
 from opencann.ops.tf_control import tensor_list_add_n, tensor_list_pop_back, tensor_list_pop_back_many
 from opencann.runtime import Executor
 from tests.passes import F32
@@ -158,3 +163,189 @@ def test_loop_invariant_measurements_move_in_front_of_the_loop():
     for g, w in zip(got, want, strict=True):
         for a, c in zip(g if isinstance(g, list) else [g], w if isinstance(w, list) else [w], strict=True):
             np.testing.assert_array_equal(a, c)
+
+
+
+# ---- LSTM cells (fuse_rnn_loops, cpu_rnn_train)
+
+B, I, H = 3, 5, 4
+
+
+def _fused(inputs: list, outputs: list[Value], nodes: list[Node], params: list[Value], results: list[Value]) -> Node:
+    body = Graph(inputs=params, outputs=results, nodes=nodes, opsets={"": 17, "opencann": 1})
+    return Node("FusedElementwise", inputs, outputs, {"body": body}, domain="opencann")
+
+
+_ids = itertools.count()
+
+
+def _n(op: str, *inputs: Value, domain: str = "") -> Node:
+    return Node(op, list(inputs), [Value(f"{op}{next(_ids)}")], domain=domain)
+
+
+def _out(node: Node) -> Value:
+    return node.outputs[0]
+
+
+def cell(g_op: str = "Tanh") -> Graph:
+    """A Keras LSTM cell as a loop body holds it after fusion, with its gate blocks in the order f, i, o, g
+    and each fused body reading its inputs in a shuffled order, computing with commuted operands."""
+    t = {n: Value(n, TensorType(F32, s)) for n, s in (("x", (B, I)), ("h", (B, H)), ("c", (B, H)),
+                                                     ("w", (I, 4 * H)), ("r", (H, 4 * H)), ("b", (4 * H,)))}
+    m1, m2, z = Value("m1"), Value("m2"), Value("z")
+    p = [Value(f"p{k}") for k in range(3)]  # m2, b, m1
+    s1 = _n("Add", p[2], p[0])
+    s2 = _n("Sum", p[1], _out(s1))
+    add = _fused([m2, t["b"], m1], [z], [s1, s2], p, [_out(s2)])
+    parts = [Value(f"z{k}") for k in range(4)]
+    q = [Value(f"q{k}") for k in range(5)]  # c, z2 (o), z0 (f), z1 (i), z3 (g)
+    i, f, g, o = _n("Sigmoid", q[3]), _n("Sigmoid", q[2]), _n(g_op, q[4]), _n("Sigmoid", q[1])
+    ig, fc = _n("Mul", _out(i), _out(g)), _n("Mul", q[0], _out(f))
+    cn = _n("Add", _out(ig), _out(fc))
+    tc = _n("Tanh", _out(cn))
+    hn = _n("Mul", _out(tc), _out(o))
+    outs = [Value(n) for n in ("hn", "cn", "i")]
+    fe = _fused([t["c"], parts[2], parts[0], parts[1], parts[3]], outs, [i, f, g, o, ig, fc, cn, tc, hn], q,
+                [_out(hn), _out(cn), _out(i)])
+    nodes = [Node("MatMul", [t["x"], t["w"]], [m1]), Node("MatMul", [t["h"], t["r"]], [m2]), add,
+             Node("Split", [z], parts, {"axis": 1, "num_outputs": 4}), fe]
+    return infer_shapes(Graph(inputs=list(t.values()), outputs=outs, nodes=nodes, opsets={"": 18, "opencann": 1}))
+
+
+def _sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def test_lstm_cell_becomes_one_node_and_matches_numpy():
+    feeds = {n: RNG.standard_normal(v.type.shape).astype(np.float32) for n, v in
+             ((v.name, v) for v in cell().inputs)}
+    after = fuse_lstm_cells(cell())
+    assert [n.op for n in after.nodes] == ["LSTMCellForward"]
+    assert after.nodes[0].attrs["gates"] == [1, 0, 3, 2] and after.nodes[0].attrs["results"] == [6, 4, 0]
+    z = (feeds["x"].astype(np.float64) @ feeds["w"] + feeds["h"] @ feeds["r"] + feeds["b"]).reshape(B, 4, H)
+    f, i, o, g = _sigmoid(z[:, 0]), _sigmoid(z[:, 1]), _sigmoid(z[:, 2]), np.tanh(z[:, 3])
+    c = f * feeds["c"] + i * g
+    got = Executor(after).run(feeds)
+    for a, want in zip(got, (o * np.tanh(c), c, i), strict=True):
+        assert a.dtype == F32 and a.shape == (B, H)
+        np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+
+
+def test_other_cells_are_left_alone():
+    assert [n.op for n in fuse_lstm_cells(cell("Relu")).nodes] == ["MatMul", "MatMul", "FusedElementwise", "Split",
+                                                                  "FusedElementwise"]
+
+
+CELL_GRAD = ("dh1", "dh2", "tc", "o", "dc", "c", "f", "g", "i")
+
+
+def cell_grad() -> Graph:
+    """An LSTM cell's gradient as the gradient loop body holds it: the fused gate gradients (inputs shuffled,
+    operands commuted), their Concat (blocks f, i, g, o), the bias gradient and four products (two with a
+    Transpose, two accumulated, one with its operand untransposed), each accumulation in its own operand order."""
+    t = {n: Value(n, TensorType(F32, (B, H))) for n in CELL_GRAD}
+    t.update({n: Value(n, TensorType(F32, s)) for n, s in (("w", (I, 4 * H)), ("x", (B, I)), ("r", (H, 4 * H)),
+                                                           ("hpt", (H, B)), ("acc_w", (I, 4 * H)),
+                                                           ("acc_r", (H, 4 * H)), ("acc_b", (4 * H,)))})
+    order = ["i", "dc", "tc", "dh2", "f", "o", "g", "c", "dh1"]
+    e = {k: Value(f"e{k}") for k in order}
+    dh = _n("Sum", e["dh1"], e["dh2"])
+    m_o = _n("Mul", e["tc"], _out(dh))
+    do = _n("SigmoidGrad", e["o"], _out(m_o), domain="opencann")
+    m_t = _n("Mul", _out(dh), e["o"])
+    tg = _n("TanhGrad", e["tc"], _out(m_t), domain="opencann")
+    dcs = _n("Add", _out(tg), e["dc"])
+    m_f = _n("Mul", _out(dcs), e["c"])
+    df = _n("SigmoidGrad", e["f"], _out(m_f), domain="opencann")
+    dcp = _n("Mul", e["f"], _out(dcs))
+    m_i = _n("Mul", _out(dcs), e["g"])
+    di = _n("SigmoidGrad", e["i"], _out(m_i), domain="opencann")
+    m_g = _n("Mul", e["i"], _out(dcs))
+    dg = _n("TanhGrad", e["g"], _out(m_g), domain="opencann")
+    v = {k: Value(k) for k in ("do", "dcp", "df", "di", "dg", "dz", "bg", "sb", "t1", "dx", "t2", "dw", "sw", "t3",
+                               "dhp", "dr", "sr")}
+    body = [dh, m_o, do, m_t, tg, dcs, m_f, df, dcp, m_i, di, m_g, dg]
+    nodes = [_fused([t[k] for k in order], [v[k] for k in ("do", "dcp", "df", "di", "dg")], body,
+                    [e[k] for k in order], [_out(n) for n in (do, dcp, df, di, dg)]),
+             Node("Concat", [v["df"], v["di"], v["dg"], v["do"]], [v["dz"]], {"axis": 1}),
+             Node("BiasAddGrad", [v["dz"]], [v["bg"]], domain="opencann"),
+             Node("Sum", [t["acc_b"], v["bg"]], [v["sb"]]),
+             Node("Transpose", [t["w"]], [v["t1"]], {"perm": [1, 0]}), Node("MatMul", [v["dz"], v["t1"]], [v["dx"]]),
+             Node("Transpose", [t["x"]], [v["t2"]], {"perm": [1, 0]}), Node("MatMul", [v["t2"], v["dz"]], [v["dw"]]),
+             Node("Sum", [t["acc_w"], v["dw"]], [v["sw"]]),
+             Node("Transpose", [t["r"]], [v["t3"]], {"perm": [1, 0]}), Node("MatMul", [v["dz"], v["t3"]], [v["dhp"]]),
+             Node("MatMul", [t["hpt"], v["dz"]], [v["dr"]]), Node("Add", [v["dr"], t["acc_r"]], [v["sr"]])]
+    return infer_shapes(Graph(inputs=list(t.values()), outputs=[v[k] for k in ("dcp", "dx", "sw", "dhp", "sr", "sb")],
+                              nodes=nodes, opsets={"": 18, "opencann": 1}))
+
+
+def test_lstm_cell_gradient_becomes_one_node_and_matches_numpy():
+    feeds = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in cell_grad().inputs}
+    for k in ("tc", "o", "f", "g", "i"):  # activations: in (-1, 1)
+        feeds[k] = np.tanh(feeds[k])
+    after = fuse_lstm_cells(cell_grad())
+    assert [n.op for n in after.nodes] == ["LSTMCellBackward"]
+    attrs = after.nodes[0].attrs
+    assert attrs["gates"] == [1, 0, 2, 3] and attrs["products"] == [0, 1, 0, 3]
+    assert attrs["accumulate"] == [0, 1, 0, 1] and attrs["bias"] == 1 and attrs["dc_out"] == 1
+    a = {k: v.astype(np.float64) for k, v in feeds.items()}
+    dh = a["dh1"] + a["dh2"]
+    dc = a["dc"] + dh * a["o"] * (1 - a["tc"] ** 2)
+    dz = np.concatenate([dc * a["c"] * a["f"] * (1 - a["f"]), dc * a["g"] * a["i"] * (1 - a["i"]),
+                         dc * a["i"] * (1 - a["g"] ** 2), dh * a["tc"] * a["o"] * (1 - a["o"])], axis=1)
+    want = [dc * a["f"], dz @ a["w"].T, a["acc_w"] + a["x"].T @ dz, dz @ a["r"].T, a["hpt"] @ dz + a["acc_r"],
+            a["acc_b"] + dz.sum(axis=0)]
+    for got, w in zip(Executor(after).run(feeds), want, strict=True):
+        assert got.dtype == F32 and got.shape == w.shape
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_gate_gradient_read_elsewhere_keeps_the_group():
+    graph = cell_grad()
+    graph.outputs.append(graph.nodes[1].inputs[0])  # df leaves the body too
+    assert [n.op for n in fuse_lstm_cells(graph).nodes][:2] == ["FusedElementwise", "Concat"]
+
+
+def item_gradient() -> Graph:
+    """A gradient loop body's accumulation of one element's gradient into a list (the one-item list is the AddN's
+    first operand)."""
+    acc, n, i, x = Value("acc"), Value("n", TensorType(np.dtype(np.int32), ())), Value("i"), Value("x")
+    r, s, out = Value("r"), Value("s"), Value("out")
+    nodes = [Node("TensorListReserve", [n], [r], domain="opencann"),
+             Node("TensorListSetItem", [r, i, x], [s], domain="opencann"),
+             Node("TensorListAddN", [s, acc], [out], domain="opencann")]
+    return Graph(inputs=[acc, n, i, x], outputs=[out], nodes=nodes, opsets={"": 17, "opencann": 1})
+
+
+def test_one_item_added_to_a_list_is_one_node():
+    after = batch_list_ops(item_gradient())
+    assert [n.op for n in after.nodes] == ["TensorListAddItem"]
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    acc = [None, np.ones((2, 3), np.float32), None]
+    for i in (0, 1):
+        feeds = {"acc": acc, "n": np.int32(3), "i": np.int32(i), "x": x}
+        (got,), (want,) = Executor(after).run(feeds), Executor(item_gradient()).run(feeds)
+        assert [g is None for g in got] == [w is None for w in want] == [i != 0, False, True]
+        np.testing.assert_array_equal(got[i], want[i])
+    assert acc[0] is None  # the accumulator is never mutated
+    with pytest.raises(AclError, match="differ in length"):
+        Executor(after).run({"acc": acc, "n": np.int32(2), "i": np.int32(0), "x": x})
+    graph = item_gradient()
+    graph.outputs.append(graph.nodes[1].outputs[0])  # the one-item list is read elsewhere: kept
+    assert [n.op for n in batch_list_ops(graph).nodes] == ["TensorListReserve", "TensorListSetItem", "TensorListAddN"]
+
+
+def test_cell_kernels_reject_what_they_cannot_run():
+    from opencann.ops.cpu_rnn_train import lstm_cell_backward, lstm_cell_forward
+
+    z = np.zeros((B, H), np.float32)
+    with pytest.raises(AclError, match="do not fit the state"):
+        lstm_cell_forward(np.zeros((B + 1, I), np.float32), np.zeros((I, 4 * H), np.float32), z,
+                          np.zeros((H, 4 * H), np.float32), np.zeros(4 * H, np.float32), z, gates=[0, 1, 2, 3],
+                          results=[6])
+    with pytest.raises(AclError, match="float32"):
+        lstm_cell_backward(*[z.astype(np.float64)] * 9, gates=[0, 1, 2, 3], products=[], accumulate=[], bias=0,
+                           dc_out=1)
+    with pytest.raises(AclError, match="differ in shape"):
+        lstm_cell_backward(*[z] * 8, z[:, :2].copy(), gates=[0, 1, 2, 3], products=[], accumulate=[], bias=0,
+                           dc_out=1)

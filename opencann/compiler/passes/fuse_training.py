@@ -8,13 +8,15 @@ value (a graph output), the connected elementwise ops of that value's shape that
 nowhere else, and replaces each such group by one ``opencann::ElementwiseChain`` node: the same NumPy ufuncs
 in the same order (bit-identical results), run by one kernel without the executor's per-node cost. Scalars
 (learning rate, bias corrections) and everything else stay outside, as inputs. :func:`batch_list_ops` merges
-the TensorList appends (forward loop body) and pops (gradient loop body) of carried lists.
+the TensorList appends (forward loop body) and pops (gradient loop body) of carried lists, after fusing the LSTM
+cells of those bodies (:func:`~opencann.compiler.passes.fuse_rnn_loops.fuse_lstm_cells`).
 :func:`hoist_invariants` moves a loop body's work on loop-invariant values (a TF while loop measuring its input
 list for the gradient) in front of the loop.
 """
 from __future__ import annotations
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes.fuse_rnn_loops import fuse_lstm_cells
 from opencann.ops.tf_ops import CHAIN_UFUNCS
 
 MIN_OPS = 2
@@ -113,13 +115,57 @@ def _chain_node(group: list[Node], outputs: set[int], consumers: dict[int, list[
 
 
 def batch_list_ops(graph: Graph) -> Graph:
+    """Fuse the LSTM cells of ``graph`` (:func:`fuse_lstm_cells`), then :func:`batch_lists` and
+    :func:`add_list_items`. In place; returns the graph."""
+    return add_list_items(batch_lists(fuse_lstm_cells(graph)))
+
+
+def add_list_items(graph: Graph) -> Graph:
+    """In ``graph`` and its subgraphs: ``TensorListAddN(acc, TensorListSetItem(TensorListReserve(n), i, x))``
+    (a gradient loop accumulating one element's gradient), its intermediate lists read nowhere else, becomes one
+    ``opencann::TensorListAddItem(acc, n, i, x)``. In place; returns the graph."""
+    for node in graph.nodes:
+        for body in node.subgraphs.values():
+            add_list_items(body)
+    readers: dict[int, int] = {}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v is not None:
+                readers[id(v)] = readers.get(id(v), 0) + 1
+    for v in graph.outputs:
+        readers[id(v)] = readers.get(id(v), 0) + 1
+    gone: set[int] = set()
+    for k, node in enumerate(graph.nodes):
+        if node.op != "TensorListAddN" or node.domain != "opencann" or len(node.inputs) != 2:
+            continue
+        for j, v in enumerate(node.inputs):
+            put = _list_op(v, "TensorListSetItem", readers)
+            new = _list_op(put.inputs[0], "TensorListReserve", readers) if put is not None else None
+            if new is not None and not put.attrs.get("resize_if_index_out_of_bounds", 0):
+                graph.nodes[k] = Node("TensorListAddItem", [node.inputs[1 - j], new.inputs[0], *put.inputs[1:]],
+                                      node.outputs, name=f"{node.name}/item", domain="opencann")
+                gone |= {id(put), id(new)}
+                break
+    graph.nodes = [n for n in graph.nodes if id(n) not in gone]
+    return graph
+
+
+def _list_op(v: Value | None, op: str, readers: dict[int, int]) -> Node | None:
+    """The ``opencann::op`` node producing ``v`` when ``v`` is read once (by the caller's node), else None."""
+    node = getattr(v, "producer", None)
+    if node is None or node.op != op or node.domain != "opencann" or readers.get(id(v)) != 1:
+        return None
+    return node
+
+
+def batch_lists(graph: Graph) -> Graph:
     """In ``graph`` and every loop body in it: the appends to carried TensorLists whose results only leave
     the body become one ``opencann::TensorListPushBackMany`` node, the pops of carried lists whose rest
     only leaves the body one ``opencann::TensorListPopBackMany`` (a while loop's gradient accumulators:
     ~13 pushes an iteration forward, as many pops backward). In place; returns the graph."""
     for node in graph.nodes:
         for body in node.subgraphs.values():
-            batch_list_ops(body)
+            batch_lists(body)
     inputs, outputs = {id(v) for v in graph.inputs}, {id(v) for v in graph.outputs}
     read = {id(v) for n in graph.nodes for v in n.inputs if v is not None}
 
