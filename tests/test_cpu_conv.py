@@ -109,6 +109,31 @@ def test_channels_last_few_channel_convs_read_nchw_views_and_nhwc_arrays(case):
             np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+STEM_CASES = [  # (kernel, attributes, activation, alpha, beta, residual): the direct few-channel kernel
+    (7, {"strides": [2, 2], "pads": [3, 3, 3, 3]}, "Relu", 0, 0, False),  # ResNet's stem: 9 outputs a row
+    (3, {"strides": [2, 2], "pads": [0, 1, 1, 0]}, "Clip", -0.5, 0.25, False),  # MobileNet's, asymmetric pads
+    (3, {"strides": [1, 2], "pads": [1, 2, 0, 1]}, "HardSwish", 0, 0, True),  # residual and activation after
+    (5, {"auto_pad": "VALID", "strides": [1, 1]}, "", 0, 0, True),
+]
+
+
+@pytest.mark.parametrize("m", [16, 32, 48, 64])
+@pytest.mark.parametrize("case", range(len(STEM_CASES)))
+def test_few_channel_direct_kernel_matches_reference(m, case, monkeypatch):
+    k, attrs, activation, alpha, beta, residual = STEM_CASES[case]
+    x, w, b = _data((2, 3, 13, 17), (m, 3, k, k))
+    z = RNG.standard_normal(ref_conv.conv(x, w, b, **attrs).shape).astype(np.float32) if residual else None
+    want = _reference_fused(x, w, b, z, activation, alpha, beta, **attrs)
+    calls = []
+    direct = fast._nhwc_direct
+    monkeypatch.setattr(fast, "_nhwc_direct", lambda *args: calls.append(1) or direct(*args))
+    zl = None if z is None else z.transpose(0, 2, 3, 1)
+    got = fast.fused_conv(x.transpose(0, 2, 3, 1), np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b, zl,
+                          activation=activation, alpha=alpha, beta=beta, channels_last=1, **attrs)
+    assert calls == [1]
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("activation,alpha,beta", [("Relu", 0, 0), ("Clip", -0.5, 0.25), ("HardSwish", 0, 0)])
 @pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 2, 1, 0]])
 @pytest.mark.parametrize("tile", [2, 4])
