@@ -62,9 +62,10 @@ from opencann.ops import pool as ref_pool
 from opencann.ops.blas import is_constant, library
 from opencann.ops.blas import sgemm_unpacked as sgemm  # weights are read once a run: MKL packs them best itself
 from opencann.ops.cpu_conv_base import ACTIVATIONS, F32, act, activate, col_range, epilogue, scratch
-from opencann.ops.cpu_depthwise import _fma, _splat, dense_f32, depthwise_nhwc
+from opencann.ops.cpu_depthwise import depthwise_nhwc
 from opencann.ops.cpu_elementwise import output_buffer
 from opencann.ops.elementwise import clip as ref_clip
+from opencann.ops.llvm_vector import dense_f32, fma_of, splat
 from opencann.ops.registry import kernel, op
 
 TILE_ELEMENTS = 1 << 19  # largest im2col tile (2 MiB of float32): bigger ones are split to stay in the L2 cache
@@ -416,7 +417,7 @@ def _stem_run(vectors: int, group: int):
             xp, yp, wp, bp = (context.make_array(signature.args[i])(context, builder, args[i]).data
                               for i in (0, 8, 11, 12))
             vec = llir.VectorType(llir.FloatType(), 16)
-            fma = _fma(builder.module, vec)
+            fma = fma_of(builder.module, vec)
 
             def const(v):
                 return llir.Constant(xo_.type, v)
@@ -425,13 +426,13 @@ def _stem_run(vectors: int, group: int):
                 return builder.bitcast(builder.gep(ptr, [off]), vec.as_pointer())
             m = const(16 * vectors)
             b = [builder.load(at(bp, const(16 * v)), align=4) for v in range(vectors)]
-            low, high = _splat(builder, lo_, vec), _splat(builder, hi_, vec)
+            low, high = splat(builder, lo_, vec), splat(builder, hi_, vec)
             acc = [[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(group)]
 
             def tap(xt, wt, count):
                 wv = [builder.load(at(wp, builder.add(wt, const(16 * v))), align=4) for v in range(vectors)]
                 for g in range(count):
-                    s = _splat(builder, builder.load(builder.gep(xp, [builder.add(xt, builder.mul(step_, const(g)))]),
+                    s = splat(builder, builder.load(builder.gep(xp, [builder.add(xt, builder.mul(step_, const(g)))]),
                                                      align=4), vec)
                     for v in range(vectors):
                         builder.store(builder.call(fma, [s, wv[v], builder.load(acc[g][v])]), acc[g][v])

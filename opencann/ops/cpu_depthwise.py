@@ -20,6 +20,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from opencann.ops.cpu_conv_base import act, activate, col_range
+from opencann.ops.llvm_vector import dense_f32, fma_of, splat
 
 GROUP = 4  # outputs :func:`_run3` computes at once
 
@@ -43,25 +44,6 @@ def _depthwise_taps(x, w, bias, y, oh, ow, ih0, iw0, dh, dw):
                 y[oh, ow, k] += w[i, j, k] * x[ih, iw, k]
 
 
-def dense_f32(*arrays) -> bool:
-    """Whether the Numba types are all C-contiguous float32 arrays (what vector code over flat offsets reads)."""
-    return all(isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.float32 for t in arrays)
-
-
-def _splat(builder, value, vec):
-    one = builder.insert_element(llir.Constant(vec, llir.Undefined), value, llir.Constant(llir.IntType(32), 0))
-    mask = llir.Constant(llir.VectorType(llir.IntType(32), vec.count), [0] * vec.count)
-    return builder.shuffle_vector(one, llir.Constant(vec, llir.Undefined), mask)
-
-
-def _fma(module, vec):
-    name = f"llvm.fma.v{vec.count}f32"
-    try:
-        return module.get_global(name)
-    except KeyError:
-        return llir.Function(module, llir.FunctionType(vec, [vec, vec, vec]), name=name)
-
-
 def _run3(stride: int, lanes: int):
     """An intrinsic ``run(x, xo, xr, y, yo, n, w, k, bias, lo, hi)``: ``n`` consecutive outputs, channels
     ``k..k+lanes``, of a 3x3 depthwise conv at column stride ``stride`` over flat channels-last arrays with
@@ -81,7 +63,7 @@ def _run3(stride: int, lanes: int):
             xp, yp, wp, bp = (context.make_array(signature.args[i])(context, builder, args[i]).data
                               for i in (0, 3, 6, 8))
             vec = llir.VectorType(llir.FloatType(), lanes)
-            fma = _fma(builder.module, vec)
+            fma = fma_of(builder.module, vec)
 
             def const(v):
                 return llir.Constant(xo_.type, v)
@@ -91,7 +73,7 @@ def _run3(stride: int, lanes: int):
                 return builder.bitcast(builder.gep(ptr, [off]), vec.as_pointer())
             taps = [builder.load(at(wp, builder.add(k_, builder.mul(c, const(t)))), align=4) for t in range(9)]
             b = builder.load(at(bp, k_), align=4)
-            low, high = _splat(builder, lo_, vec), _splat(builder, hi_, vec)
+            low, high = splat(builder, lo_, vec), splat(builder, hi_, vec)
 
             def outputs(o, group):
                 xb = builder.add(builder.add(xo_, k_), builder.mul(o, builder.mul(c, const(stride))))

@@ -34,8 +34,9 @@ from opencann.ops import cpu_conv
 from opencann.ops.blas import library
 from opencann.ops.blas import sgemm_unpacked as sgemm
 from opencann.ops.cpu_conv_base import ACTIVATIONS, epilogue, scratch
-from opencann.ops.cpu_depthwise import dense_f32, depthwise_nhwc
+from opencann.ops.cpu_depthwise import depthwise_nhwc
 from opencann.ops.cpu_elementwise import output_buffer
+from opencann.ops.llvm_vector import dense_f32
 from opencann.ops.registry import op
 
 F32 = np.dtype(np.float32)
