@@ -235,3 +235,15 @@ def test_call_sites_through_mkl(always_mkl):
     xs, wr, rr = rand(7, 3, 10), rand(1, 16, 10), rand(1, 16, 4)
     for got, ref in zip(cpu_rnn.lstm(xs, wr, rr, hidden_size=4), ref_rnn.lstm(xs, wr, rr, hidden_size=4)):
         close(got, ref)
+
+
+@pytest.mark.parametrize("mkl", [True, False])
+def test_sgemm_batch_multiplies_every_pair_of_a_stack(mkl, monkeypatch):
+    if not mkl:
+        monkeypatch.setattr(blas, "library", lambda: None)  # the sgemm loop
+    a = RNG.standard_normal((40, 36, 24)).astype(np.float32)  # tile-major: a[:, k] is a (40, 24) view
+    b = RNG.standard_normal((36, 24, 20)).astype(np.float32)
+    out = np.zeros((40, 36, 20), np.float32)
+    blas.sgemm_batch(a.transpose(1, 0, 2)[:, :30], b, out.transpose(1, 0, 2)[:, :30])
+    np.testing.assert_allclose(out[:30], np.einsum("tkc,kcm->tkm", a[:30], b), rtol=1e-5, atol=1e-4)
+    assert not out[30:].any()

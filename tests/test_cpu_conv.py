@@ -159,18 +159,6 @@ def test_channels_last_winograd_matches_reference(activation, alpha, beta, pads,
     assert (id(plain), tile) not in fast._winograd_weights
 
 
-@pytest.mark.parametrize("mkl", [True, False])
-def test_gemm_each_multiplies_every_pair_of_a_stack(mkl, monkeypatch):
-    if not mkl:
-        monkeypatch.setattr(fast, "library", lambda: None)  # the sgemm loop
-    a = RNG.standard_normal((40, 36, 24)).astype(np.float32)  # tile-major: a[:, k] is a (40, 24) view
-    b = RNG.standard_normal((36, 24, 20)).astype(np.float32)
-    out = np.zeros((40, 36, 20), np.float32)
-    fast._gemm_each(a.transpose(1, 0, 2)[:, :30], b, out.transpose(1, 0, 2)[:, :30])
-    np.testing.assert_allclose(out[:30], np.einsum("tkc,kcm->tkm", a[:30], b), rtol=1e-5, atol=1e-4)
-    assert not out[30:].any()
-
-
 @pytest.mark.parametrize("case", [1, 4, 11])
 def test_channels_last_image_groups_match_reference(case, monkeypatch):
     x_shape, w_shape, attrs = CONV_CASES[case]

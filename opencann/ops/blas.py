@@ -69,6 +69,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.cblas_sgemm_pack.restype = None
     lib.cblas_sgemm_compute.argtypes = [c_int] * 6 + [c_void, c_int, c_void, c_int, ctypes.c_float, c_void, c_int]
     lib.cblas_sgemm_compute.restype = None
+    lib.cblas_sgemm_batch.argtypes = [c_int] + [c_void] * 13 + [c_int, c_void]
+    lib.cblas_sgemm_batch.restype = None
     return lib
 
 
@@ -290,3 +292,23 @@ def sgemm_unpacked(a: np.ndarray, b: np.ndarray, out: np.ndarray, trans_a: bool 
     lib.cblas_sgemm(_ROW_MAJOR, ta, tb, m, b.shape[1], k, 1.0, _address(a), lda, _address(b), ldb, beta,
                     _address(out), lay[1])
     return out
+
+
+def sgemm_batch(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[k] = a[k] @ b[k]`` for stacks of float32 matrices with unit column strides (e.g. a Winograd
+    transform's products): one MKL ``cblas_sgemm_batch`` call (a ``cblas_sgemm`` call each costs ~10 us, a third
+    of a small product), else :func:`sgemm` in a loop."""
+    lib = library()
+    parts, t, c = a.shape
+    if lib is None or (a.strides[2], b.strides[2], out.strides[2]) != (4, 4, 4):
+        for k in range(parts):
+            sgemm(a[k], b[k], out[k])
+        return
+    ints = np.array([_NO_TRANS, _NO_TRANS, t, b.shape[2], c, a.strides[1] // 4, b.strides[1] // 4,
+                     out.strides[1] // 4, parts], np.int32)  # transposes, m, n, k, lda, ldb, ldc, group size
+    ones = np.array([1, 0], F32)  # alpha, beta
+    firsts = np.array([a.ctypes.data, b.ctypes.data, out.ctypes.data], np.int64)[:, None]
+    ptrs = firsts + np.arange(parts) * np.array([a.strides[0], b.strides[0], out.strides[0]], np.int64)[:, None]
+    i, f, q = ints.ctypes.data, ones.ctypes.data, ptrs.ctypes.data
+    lib.cblas_sgemm_batch(_ROW_MAJOR, i, i + 4, i + 8, i + 12, i + 16, f, q, i + 20, q + 8 * parts, i + 24, f + 4,
+                          q + 16 * parts, i + 28, 1, i + 32)

@@ -44,7 +44,6 @@ are min/max), LeakyRelu (``alpha``), Sigmoid, HardSigmoid (``alpha``, ``beta``) 
 """
 from __future__ import annotations
 
-import ctypes
 import weakref
 
 import numba
@@ -59,7 +58,7 @@ from opencann.errors import AclError, ErrorCode
 from opencann.ops import activation as act_ops
 from opencann.ops import conv as ref_conv
 from opencann.ops import pool as ref_pool
-from opencann.ops.blas import is_constant, library
+from opencann.ops.blas import is_constant, sgemm_batch
 from opencann.ops.blas import sgemm_unpacked as sgemm  # weights are read once a run: MKL packs them best itself
 from opencann.ops.cpu_conv_base import ACTIVATIONS, F32, act, activate, col_range, epilogue, scratch
 from opencann.ops.cpu_depthwise import depthwise_nhwc
@@ -85,7 +84,6 @@ _WINOGRAD_G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0,
                             [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
 _TWO, _FOUR, _FIVE, _EIGHT = np.float32(2), np.float32(4), np.float32(5), np.float32(8)  # float32 math in Numba
 _geometries: dict[tuple, tuple | None] = {}  # _geometry's answers
-_batched: dict = {}  # "gemm": MKL's cblas_sgemm_batch, bound at first use
 _winograd_weights: dict[tuple, np.ndarray] = {}  # (id of a constant (3, 3, C, M) weight, tile) -> its transform
 
 
@@ -797,43 +795,11 @@ def _nhwc_winograd(x, w, bias, y, res, has_res, pads, code, a, bb, tile):
         g1 = min(g0 + rows, n * th)
         t = (g1 - g0) * tw
         forward(x, v, *pads, th, tw, g0, g1)
-        _gemm_each(v[:t].transpose(1, 0, 2), u, mo[:t].transpose(1, 0, 2))
+        sgemm_batch(v[:t].transpose(1, 0, 2), u, mo[:t].transpose(1, 0, 2))
         backward(mo, y, bias, res, has_res, th, tw, g0, g1, inline, a, bb)
     if code > 3:
         activate(y.reshape(y.size), code, a, bb)
     return y
-
-
-def _batch_gemm(lib):
-    """MKL's ``cblas_sgemm_batch`` with its argument types, or None where this MKL lacks it."""
-    if "gemm" not in _batched:
-        fn = getattr(lib, "cblas_sgemm_batch", None)
-        if fn is not None:
-            fn.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 13 + [ctypes.c_int, ctypes.c_void_p]
-            fn.restype = None
-        _batched["gemm"] = fn
-    return _batched["gemm"]
-
-
-def _gemm_each(a, b, out):
-    """``out[k] = a[k] @ b[k]`` for stacks of float32 matrices with unit column strides (a Winograd transform's
-    products): one MKL ``cblas_sgemm_batch`` call (a call each costs ~10 us, a third of a small product), else
-    :func:`sgemm` in a loop."""
-    lib = library()
-    fn = None if lib is None else _batch_gemm(lib)
-    parts, t, c = a.shape
-    if fn is None or (a.strides[2], b.strides[2], out.strides[2]) != (4, 4, 4):
-        for k in range(parts):
-            sgemm(a[k], b[k], out[k])
-        return
-    ints = np.array([111, 111, t, b.shape[2], c, a.strides[1] // 4, b.strides[1] // 4, out.strides[1] // 4, parts],
-                    np.int32)  # no transposes, m, n, k, lda, ldb, ldc, group size
-    ones = np.array([1, 0], F32)  # alpha, beta
-    firsts = np.array([a.ctypes.data, b.ctypes.data, out.ctypes.data], np.int64)[:, None]
-    ptrs = firsts + np.arange(parts) * np.array([a.strides[0], b.strides[0], out.strides[0]], np.int64)[:, None]
-    i, f, q = ints.ctypes.data, ones.ctypes.data, ptrs.ctypes.data
-    fn(101, i, i + 4, i + 8, i + 12, i + 16, f, q, i + 20, q + 8 * parts, i + 24, f + 4, q + 16 * parts, i + 28, 1,
-       i + 32)
 
 
 def _nhwc_few_channels(x, w, bias, y, res, has_res, geom, code, a, bb):
