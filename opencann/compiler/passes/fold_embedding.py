@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
-from opencann.compiler.passes import const_of
+from opencann.compiler.passes import const_of, readers_of
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 from opencann.ops.registry import OPENCANN_DOMAIN
 
@@ -29,15 +29,7 @@ _DEFAULT_ACTIVATIONS = (None, ["Sigmoid", "Tanh", "Tanh"])
 
 def fold_embedding(graph: Graph) -> Graph:
     """Fold every eligible embedding lookup -> LSTM pair of ``graph`` in place; returns it."""
-    readers: dict[str, list[Node | None]] = {}  # value name -> the nodes reading it (None: a graph output)
-    for n in graph.nodes:
-        names = [v.name for v in n.inputs if v is not None]
-        for sub in n.subgraphs.values():
-            names += sub.outer_names()
-        for name in names:
-            readers.setdefault(name, []).append(n)
-    for v in graph.outputs:
-        readers.setdefault(v.name, []).append(None)
+    readers = readers_of(graph)
     replaced: dict[int, Node | None] = {}
     for node in graph.nodes:
         if node.op == "LSTM" and not node.domain:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
-from opencann.compiler.passes import const_of, scalar_of
+from opencann.compiler.passes import const_of, readers_of, scalar_of
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 from opencann.ops.registry import OPENCANN_DOMAIN
 
@@ -32,13 +32,7 @@ F32 = np.dtype(np.float32)
 
 def fuse_attention(graph: Graph) -> Graph:
     """Fuse every attention subgraph of ``graph`` in place; returns it."""
-    readers: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        names = [v.name for v in n.inputs if v is not None]
-        for sub in n.subgraphs.values():
-            names += sub.outer_names()
-        for name in names:
-            readers.setdefault(name, []).append(n)
+    readers = readers_of(graph)
     outputs = {v.name for v in graph.outputs}
     replaced: dict[int, Node | None] = {}
     for node in graph.nodes:

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes import readers_of
 from opencann.compiler.passes.dead_code import eliminate_dead_code
 
 DOMAIN = "opencann"
@@ -37,7 +38,7 @@ TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
 def fuse_conv(graph: Graph) -> Graph:
     """Fuse every Conv with its residual Add and activation into ``opencann::FusedConv``, in place."""
-    readers = _readers(graph)
+    readers = readers_of(graph)
     replaced: dict[int, Node] = {}
     dropped: set[int] = set()
     for node in graph.nodes:
@@ -51,21 +52,6 @@ def fuse_conv(graph: Graph) -> Graph:
         graph.opsets.setdefault(DOMAIN, 1)
         eliminate_dead_code(graph)
     return graph
-
-
-def _readers(graph: Graph) -> dict[str, list[Node | None]]:
-    """Each value's readers; ``None`` stands for the graph's outputs and subgraph captures."""
-    readers: dict[str, list[Node | None]] = {}
-    for n in graph.nodes:
-        for v in n.inputs:
-            if v is not None:
-                readers.setdefault(v.name, []).append(n)
-        for sub in n.subgraphs.values():
-            for name in sub.outer_names():
-                readers.setdefault(name, []).append(None)
-    for v in graph.outputs:
-        readers.setdefault(v.name, []).append(None)
-    return readers
 
 
 def _sole_reader(v: Value, readers) -> Node | None:
@@ -143,7 +129,7 @@ def to_channels_last(graph: Graph, blocks: bool = True) -> Graph:
     nhwc: dict[str, Value] = {}
     nodes: list[Node] = []
     changed = False
-    readers = _readers(graph)
+    readers = readers_of(graph)
     for node in graph.nodes:
         plan = _channels_last_plan(node, readers)
         if plan is None:
@@ -179,7 +165,7 @@ def to_channels_last(graph: Graph, blocks: bool = True) -> Graph:
 def fuse_inverted_residuals(graph: Graph) -> Graph:
     """Replace each channels-last chain [1x1 FusedConv ->] depthwise FusedConv -> 1x1 FusedConv (each value read
     once; a residual on the last only) by one ``opencann::FusedInvertedResidual``, in place."""
-    readers = _readers(graph)
+    readers = readers_of(graph)
     replaced: dict[int, Node] = {}
     dropped: set[int] = set()
     for node in graph.nodes:
