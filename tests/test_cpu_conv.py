@@ -263,6 +263,23 @@ def test_global_average_pool_matches_reference():
     np.testing.assert_array_equal(fast.global_average_pool(x), ref_pool.global_average_pool(x))
 
 
+def test_reduce_mean_over_channels_last_pixels_matches_reference(monkeypatch):
+    reference = registry.lookup("ReduceMean", 18).reference
+    assert registry.lookup("ReduceMean", 13).kernel_for("cpu") is fast.reduce_mean
+    calls = []
+    monkeypatch.setattr(fast, "_nhwc_mean", lambda v, mean=fast._nhwc_mean: calls.append(v.shape) or mean(v))
+    x = RNG.standard_normal((2, 5, 6, 37)).astype(np.float32)
+    for axes, keepdims in ((np.array([1, 2]), 0), ([2, -3], 1)):  # the fast path: input or attribute axes
+        got = fast.reduce_mean(x, axes, keepdims=keepdims)
+        assert got.shape == ((2, 37) if not keepdims else (2, 1, 1, 37)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, reference(x, axes, keepdims=keepdims), rtol=1e-5, atol=1e-6)
+    assert calls == [x.shape, x.shape]
+    for data, axes in ((x, [1, 3]), (x, None), (x.astype(np.float64), [1, 2]), (x.transpose(0, 3, 1, 2), [1, 2]),
+                       (x[..., 0], [1, 2])):  # other axes, dtypes, layouts and ranks: the reference
+        np.testing.assert_array_equal(fast.reduce_mean(data, axes, keepdims=0), reference(data, axes, keepdims=0))
+    assert len(calls) == 2
+
+
 def test_nchw_views_of_channels_last_data_are_read_correctly():
     x, w, b = _data((2, 6, 9, 7), (4, 6, 3, 3))
     view = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # what a chain's Transpose yields
