@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -247,3 +248,32 @@ def test_sgemm_batch_multiplies_every_pair_of_a_stack(mkl, monkeypatch):
     blas.sgemm_batch(a.transpose(1, 0, 2)[:, :30], b, out.transpose(1, 0, 2)[:, :30])
     np.testing.assert_allclose(out[:30], np.einsum("tkc,kcm->tkm", a[:30], b), rtol=1e-5, atol=1e-4)
     assert not out[30:].any()
+
+
+@numba.njit(cache=True)
+def _flat_gemm(fn, ta, tb, m, n, k, alpha, a, ao, lda, b, bo, ldb, beta, c, co, ldc):
+    blas.gemm(fn, ta, tb, m, n, k, alpha, a, ao, lda, b, bo, ldb, beta, c, co, ldc)
+
+
+def _view(flat, off, rows, cols, ld):
+    return np.lib.stride_tricks.as_strided(flat[off:], (rows, cols), (4 * ld, 4))
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL is not installed")
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_from_compiled_code_honours_offsets_leading_dimensions_and_scales(trans_a, trans_b):
+    """blas.gemm (what Numba kernels call) against NumPy on sub-matrices of flat buffers."""
+    m, n, k, (lda, ldb, ldc), (ao, bo, co) = 5, 3, 4, (9, 7, 6), (2, 3, 1)
+    a, b, c = rand(60), rand(60), rand(40)
+    want_c = c.copy()
+    op_a = _view(a, ao, *((k, m) if trans_a else (m, k)), lda)
+    op_b = _view(b, bo, *((n, k) if trans_b else (k, n)), ldb)
+    target = _view(want_c, co, m, n, ldc)
+    target[...] = 0.5 * (op_a.T if trans_a else op_a) @ (op_b.T if trans_b else op_b) + 2.0 * target
+    _flat_gemm(blas.sgemm_address(), trans_a, trans_b, m, n, k, 0.5, a, ao, lda, b, bo, ldb, 2.0, c, co, ldc)
+    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)  # elements outside the target are untouched too
+
+
+def test_sgemm_address_is_zero_without_mkl(monkeypatch):
+    monkeypatch.setattr(blas, "library", lambda: None)
+    assert blas.sgemm_address() == 0

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from opencann.errors import AclError
+from opencann.ops import blas, cpu_conv
 from opencann.ops import conv as ref_conv
-from opencann.ops import cpu_conv
 from opencann.ops import cpu_inverted_residual as block
 
 RNG = np.random.default_rng(11)
@@ -51,7 +51,7 @@ def _acts(names):
 def test_fused_block_matches_the_three_convolutions(case, tile, mkl, monkeypatch):
     monkeypatch.setattr(block, "TILE_ELEMENTS", tile)  # 1: one output row a tile, expanded rows handed on
     if not mkl:  # the Python tile loop (NumPy's GEMMs where MKL is missing)
-        monkeypatch.setattr(block, "library", lambda: None)
+        monkeypatch.setattr(blas, "library", lambda: None)
     x_shape, e, m, k, attrs, residual, names = case
     x, weights, _ = _case(x_shape, e, m, k, residual)
     acts = _acts(names)

@@ -7,7 +7,7 @@ import pytest
 from opencann.compiler.ir import Graph, Node, TensorType, Value
 from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.errors import AclError
-from opencann.ops import registry
+from opencann.ops import blas, cpu_nn, registry
 from opencann.runtime import Executor
 
 RNG = np.random.default_rng(0)
@@ -282,3 +282,57 @@ def test_fused_ops_in_a_graph_take_schema_defaults_and_infer_shapes():
     total = gelu_np(xv @ w.const + bias.const) + xv @ w.const
     np.testing.assert_allclose(got_s, total, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_y, layer_norm_np(total, g_.const, b_.const, 1e-5)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mkl", [True, False])
+@pytest.mark.parametrize("act,trans_b,with_bias", [("relu", 1, True), ("gelu", 0, True), ("sigmoid", 1, False),
+                                                   ("none", 0, False)])
+def test_gemm_with_epilogue_in_one_compiled_call(monkeypatch, mkl, act, trans_b, with_bias):
+    """FusedGemm/MatMul's float32 path: one Numba call (MKL's GEMM + bias + activation) where MKL is loaded, a
+    constant transposed weight through its row-major copy; sgemm + epilogue without MKL; NumPy's values either way."""
+    if mkl and blas.library() is None:
+        pytest.skip("MKL is not installed")
+    if mkl:
+        monkeypatch.setattr(cpu_nn, "sgemm", None)  # the compiled call must do it all
+    else:
+        monkeypatch.setattr(blas, "library", lambda: None)
+    fused, _ = kernels("FusedGemm", "opencann")
+    a, w, c = randn(6, 20), randn(*((9, 20) if trans_b else (20, 9))), randn(9)
+    w.flags.writeable = False  # as an ONNX initializer's
+    blas.constant(w)
+    want = ACTS[act](0.5 * a @ (w.T if trans_b else w) + (c if with_bias else 0))
+    run = fused.bind_attrs(alpha=0.5, transB=trans_b, activation=act)
+    out = np.full((6, 9), np.nan, F32)
+    assert run(a, w, c if with_bias else None, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    for rows in (6, 2):  # the same weights again (what the first call worked out is reused), another batch
+        np.testing.assert_allclose(run(a[:rows], w, c if with_bias else None), want[:rows], rtol=1e-5, atol=1e-5)
+    matmul_fast, _ = kernels("MatMul")
+    x, wb = randn(2, 3, 20), w.T.copy() if trans_b else w
+    np.testing.assert_allclose(matmul_fast(x, wb), x @ wb, rtol=1e-5, atol=1e-5)
+    fused_mm, _ = kernels("FusedMatMul", "opencann")
+    got = fused_mm(x, wb, c if with_bias else None, alpha=0.5, activation=act)
+    np.testing.assert_allclose(got, ACTS[act](0.5 * x @ wb + (c if with_bias else 0)), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_gemm_into_an_output_that_overlaps_an_operand():
+    a, b = randn(4, 4), randn(4, 4)
+    want = np.maximum(a @ b + 1, 0)
+    got = kernels("FusedGemm", "opencann")[0].bind_attrs(activation="relu")(a, b, np.ones(4, F32), out=a)
+    assert got is a
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bound_gemm_leaves_short_products_with_a_packable_weight_to_sgemm(monkeypatch):
+    """Fewer rows than columns and a big constant weight: sgemm's packed product, also after a taller call."""
+    monkeypatch.setattr(blas, "PACK_MIN", 50)
+    w, c = randn(20, 9), randn(9)
+    blas.constant(w)
+    calls = []
+    real = cpu_nn.sgemm
+    monkeypatch.setattr(cpu_nn, "sgemm", lambda *a, **k: calls.append(a[0].shape[0]) or real(*a, **k))
+    run = kernels("FusedGemm", "opencann")[0].bind_attrs(activation="relu")
+    for rows in (12, 3, 12):
+        a = randn(rows, 20)
+        np.testing.assert_allclose(run(a, w, c), np.maximum(a @ w + c, 0), rtol=1e-5, atol=1e-5)
+    assert calls == ([3] if blas.library() is not None else [12, 3, 12])

@@ -1,8 +1,8 @@
 """Fast CPU kernel of ``opencann::Attention`` (float32, MKL): one Numba call for all batches and heads.
 
-Per (batch, head): MKL's ``cblas_sgemm`` (called from Numba; the ctypes function is an argument, so the kernel
-stays cached) writes ``scale * q @ k^T`` into a reused (Sq, Sk) scratch straight from the strided head views
-(their rows' stride is the leading dimension: no transpose is materialised); the mask is added and the rows
+Per (batch, head): MKL's ``cblas_sgemm`` (called from Numba by address: :func:`opencann.ops.blas.gemm`) writes
+``scale * q @ k^T`` into a reused (Sq, Sk) scratch straight from the strided head views (their rows' stride is
+the leading dimension: no transpose is materialised); the mask is added and the rows
 softmaxed in place (a vectorizing float32 ``exp``: Cody-Waite reduction, degree-6 polynomial, the power of two
 built in the exponent bits); a second ``cblas_sgemm`` multiplies by ``v`` into the output's head slice. With
 ``low`` (float16 or bfloat16), the inputs are rounded first and the probabilities in the loop (bit arithmetic,
@@ -19,7 +19,6 @@ from opencann.ops.attention import fused_attention, head_view
 from opencann.ops.registry import OPENCANN_DOMAIN, kernel
 
 F32 = np.dtype(np.float32)
-_ROW_MAJOR, _NO_TRANS, _TRANS = blas._ROW_MAJOR, blas._NO_TRANS, blas._TRANS
 _LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 _ROUNDING = {0: 0, 10: 1, 16: 2}  # ONNX dtype of ``low`` (none, FLOAT16, BFLOAT16) -> _round_row's code
@@ -91,7 +90,7 @@ def _softmax_row(row, mask, m0, ms, bits, zero_nan):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _attend(gemm, q, qv, k, kv, v, vv, mask, mv, y, yv, scale, zero_nan, rounding):
+def _attend(fn, q, qv, k, kv, v, vv, mask, mv, y, yv, scale, zero_nan, rounding):
     """Attention over flat float32 sources; ``*v``: int64 views [offset, N1, N2, S, D, 4 strides] (``mv``: the
     mask's offset and 4 strides, stride -1 for none); D strides are 1."""
     n1, n2, sq, d = qv[1], qv[2], qv[3], qv[4]
@@ -104,15 +103,13 @@ def _attend(gemm, q, qv, k, kv, v, vv, mask, mv, y, yv, scale, zero_nan, roundin
             ko = kv[0] + a * kv[5] + h * kv[6]
             vo = vv[0] + a * vv[5] + h * vv[6]
             yo = yv[0] + a * yv[5] + h * yv[6]
-            gemm(_ROW_MAJOR, _NO_TRANS, _TRANS, sq, sk, d, scale, q[qo:].ctypes, qv[7], k[ko:].ctypes, kv[7],
-                 _ZERO, scores.ctypes, sk)
+            blas.gemm(fn, False, True, sq, sk, d, scale, q, qo, qv[7], k, ko, kv[7], _ZERO, scores, 0, sk)
             for i in range(sq):
                 m0 = mv[0] + a * mv[1] + h * mv[2] + i * mv[3]
                 _softmax_row(scores[i], mask, m0, mv[4], bits, zero_nan)
                 if rounding:
                     _round_row(scores[i], rounding)
-            gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, sq, dv, sk, _ONE, scores.ctypes, sk, v[vo:].ctypes, vv[7], _ZERO,
-                 y[yo:].ctypes, yv[7])
+            blas.gemm(fn, False, False, sq, dv, sk, _ONE, scores, 0, sk, v, vo, vv[7], _ZERO, y, yo, yv[7])
 
 
 def _spec(view: np.ndarray, base: np.ndarray) -> np.ndarray | None:
@@ -158,8 +155,8 @@ def _writable(x: np.ndarray) -> np.ndarray:
 @kernel("Attention", "cpu", domain=OPENCANN_DOMAIN)
 def fused_attention_cpu(q, k, v, mask=None, *, q_view, k_view, v_view, y_view, y_shape, scale=1.0, low=0,
                         zero_nan_rows=0, out=None):
-    lib = blas.library()
-    if lib is None or low not in _ROUNDING or q.dtype != F32 or k.dtype != F32 or v.dtype != F32:
+    fn = blas.sgemm_address()
+    if not fn or low not in _ROUNDING or q.dtype != F32 or k.dtype != F32 or v.dtype != F32:
         return fused_attention(q, k, v, mask, q_view=q_view, k_view=k_view, v_view=v_view, y_view=y_view,
                                y_shape=y_shape, scale=scale, low=low, zero_nan_rows=zero_nan_rows)
     q, k, v = _writable(q), _writable(k), _writable(v)
@@ -178,6 +175,6 @@ def fused_attention_cpu(q, k, v, mask=None, *, q_view, k_view, v_view, y_view, y
         return fused_attention(q, k, v, mask, q_view=q_view, k_view=k_view, v_view=v_view, y_view=y_view,
                                y_shape=y_shape, scale=scale, low=low, zero_nan_rows=zero_nan_rows)
     flat = [x.reshape(-1) for x in (q, k, v)]
-    _attend(lib.cblas_sgemm, flat[0], specs[0], flat[1], specs[1], flat[2], specs[2], *masked, y.reshape(-1),
+    _attend(fn, flat[0], specs[0], flat[1], specs[1], flat[2], specs[2], *masked, y.reshape(-1),
             specs[3], np.float32(scale), bool(zero_nan_rows), _ROUNDING[low])
     return y

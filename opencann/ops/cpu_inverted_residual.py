@@ -14,33 +14,25 @@ Measured on MobileNetV2 (one thread, CPU time): batch 32 runs 0.65x as long as w
 (their expanded tensors are 50-150 MB), batch 1 about 0.98x; blocks on 7x7 images break even.
 
 Where MKL is loaded, the whole tile loop is one Numba call (:func:`_block`) that calls ``cblas_sgemm`` through
-its address (:func:`_sgemm_call`); what every call of a node shares (weights as the kernel takes them, tiling,
-activation codes) is worked out once (:class:`_Plan`). The Python tile loop, its ctypes GEMMs and per-call set-up
-had cost ~35 us a block, ~0.6 ms of MobileNetV2's ~9 ms at batch 1.
+its address (:func:`opencann.ops.blas.gemm`); what every call of a node shares (weights as the kernel takes them,
+tiling, activation codes) is worked out once (:class:`_Plan`). The Python tile loop, its ctypes GEMMs and per-call
+set-up had cost ~35 us a block, ~0.6 ms of MobileNetV2's ~9 ms at batch 1.
 """
 from __future__ import annotations
 
-import ctypes
-
 import numba
 import numpy as np
-from llvmlite import ir as llir
-from numba import types
-from numba.extending import intrinsic
 
 from opencann.compiler.ir import Node, TensorType
 from opencann.errors import AclError, ErrorCode
-from opencann.ops import cpu_conv
-from opencann.ops.blas import library
+from opencann.ops import blas, cpu_conv
 from opencann.ops.blas import sgemm_unpacked as sgemm
 from opencann.ops.cpu_conv_base import ACTIVATIONS, epilogue, scratch
 from opencann.ops.cpu_depthwise import depthwise_nhwc
 from opencann.ops.cpu_elementwise import output_buffer
-from opencann.ops.llvm_vector import dense_f32
 from opencann.ops.registry import op
 
 F32 = np.dtype(np.float32)
-_ROW_MAJOR, _NO_TRANS = 101, 111  # CBLAS enums
 TILE_ELEMENTS = 1 << 17  # a tile's expanded rows (0.5 MiB) and depthwise output stay in L2 (1 MiB: 2% slower, batch 1)
 MAX_PLANS = 64  # plans hold their weights: a bound on what they keep alive (MobileNetV2 has 17 blocks)
 _plans: dict[tuple, _Plan] = {}  # (input shape and dtype, the weights' ids, the attributes) -> its plan
@@ -126,8 +118,7 @@ class _Plan:
         span = (self.rows - 1) * sh + (kh - 1) * dh + 1  # input rows a tile reads, at most
         self.esize, self.dsize = min(span, h) * w * e, self.rows * wo * e
         self.out_shape = (n, ho, wo, m)
-        lib = library()
-        self.sgemm = 0 if lib is None else ctypes.cast(lib.cblas_sgemm, ctypes.c_void_p).value
+        self.sgemm = blas.sgemm_address()
 
 
 def _plan(x, weights, codes, dw) -> _Plan:
@@ -184,30 +175,6 @@ def _fast(x, plan: _Plan, z, out):
     return y
 
 
-@intrinsic
-def _sgemm_call(typingctx, fn, m, n, k, a, a_off, b, c, c_off):
-    """``c[c_off:] (m, n) = a[a_off:] (m, k) @ b (k, n)``, all row-major and dense, by MKL's ``cblas_sgemm`` at
-    address ``fn`` (a plain call: no ctypes, no dispatch)."""
-    if not dense_f32(a, b, c):
-        return None
-
-    def codegen(context, builder, signature, args):
-        i32, f32, vp = llir.IntType(32), llir.FloatType(), llir.IntType(8).as_pointer()
-        fnty = llir.FunctionType(llir.VoidType(), [i32] * 6 + [f32, vp, i32, vp, i32, f32, vp, i32])
-        call = builder.inttoptr(args[0], fnty.as_pointer())
-        mm, nn, kk = (builder.trunc(v, i32) for v in args[1:4])
-
-        def data(ty, val, off=None):
-            ptr = context.make_array(ty)(context, builder, val).data
-            return builder.bitcast(ptr if off is None else builder.gep(ptr, [off]), vp)
-        tys = signature.args
-        builder.call(call, [i32(_ROW_MAJOR), i32(_NO_TRANS), i32(_NO_TRANS), mm, nn, kk, f32(1.0),
-                            data(tys[4], args[4], args[5]), kk, data(tys[6], args[6]), nn, f32(0.0),
-                            data(tys[7], args[7], args[8]), nn])
-        return context.get_dummy_value()
-    return types.void(types.intp, types.intp, types.intp, types.intp, a, types.intp, b, c, types.intp), codegen
-
-
 @numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 def _block(fn, x, we2, be, wd2, bd, wp2, bp, y, res, has_res, expand, ebuf, dbuf, rows, geom, acts):
     """:func:`_fast`'s tile loop in one call, the GEMMs by MKL at address ``fn`` (without the GIL, which the ctypes
@@ -229,7 +196,8 @@ def _block(fn, x, we2, be, wd2, bd, wp2, bp, y, res, has_res, expand, ebuf, dbuf
                     ebuf[k] = ebuf[src + k]
                 if r0 + keep < r1:
                     p = (r1 - r0 - keep) * w
-                    _sgemm_call(fn, p, e, c, x, ((i * h + r0 + keep) * w) * c, we2, ebuf, keep * w * e)
+                    blas.gemm(fn, False, False, p, e, c, 1.0, x, ((i * h + r0 + keep) * w) * c, c, we2, 0, e, 0.0, ebuf,
+                              keep * w * e, e)
                     et = ebuf[keep * w * e:(r1 - r0) * w * e].reshape(p, e)
                     epilogue(et, be, et, False, False, int(acts[0, 0]), acts[0, 1], acts[0, 2])
                 lo, hi = r0, r1
@@ -240,7 +208,7 @@ def _block(fn, x, we2, be, wd2, bd, wp2, bp, y, res, has_res, expand, ebuf, dbuf
             depthwise_nhwc(eb, wd2, bd, db, db, False, sh, sw, dh, dw, ph + r0 - o0 * sh, pw, int(acts[1, 0]),
                            acts[1, 1], acts[1, 2])
             p0, p1 = (i * ho + o0) * wo, (i * ho + o1) * wo
-            _sgemm_call(fn, p1 - p0, m, e, dbuf, 0, wp2, y2, p0 * m)
+            blas.gemm(fn, False, False, p1 - p0, m, e, 1.0, dbuf, 0, e, wp2, 0, m, 0.0, y2, p0 * m, m)
             epilogue(y2[p0:p1], bp, r2[p0:p1], has_res, False, int(acts[2, 0]), acts[2, 1], acts[2, 2])
 
 

@@ -1,11 +1,13 @@
 """Fast CPU kernels for the MatMul/LayerNorm/GELU/softmax hot spots, and the fused operators of domain ``opencann``.
 
-Float32 products go to BLAS through :func:`opencann.ops.blas.sgemm` (oneMKL, NumPy's BLAS as fallback) into
-the planned output buffer (an N-D x 2-D product is one 2-D sgemm); row-wise LayerNorm, GELU and the bias +
-activation epilogues (applied in place on the GEMM output) are serial Numba loops (erf as a branch-free
-float32 approximation, so that they vectorize), compiled on first use and cached on disk; softmax shifts short
-rows in Numba and exponentiates with NumPy's SIMD ``exp``. Other dtypes and layouts fall back to the reference
-kernels, which also define the fused operators' semantics.
+Float32 products go into the planned output buffer (an N-D x 2-D product is one 2-D GEMM): with MKL, GEMM and
+bias + activation epilogue are one Numba call (:func:`_gemm_act`, MKL by address through
+:func:`opencann.ops.blas.gemm`: MLP 1.03x/1.13x -> 0.93x/0.98x ORT, batch 1/32) except the big products whose
+constant weight :func:`opencann.ops.blas.sgemm` packs; otherwise that sgemm (NumPy's BLAS without MKL) and the
+epilogue after it. Row-wise LayerNorm, GELU and the bias + activation epilogues (applied in place on the GEMM
+output) are serial Numba loops (erf as a branch-free float32 approximation, so that they vectorize), compiled
+on first use and cached on disk; softmax shifts short rows in Numba and exponentiates with NumPy's SIMD ``exp``.
+Other dtypes and layouts fall back to the reference kernels, which also define the fused operators' semantics.
 
 Fused operators (emitted by :mod:`opencann.compiler.passes.fuse_patterns`):
 
@@ -28,6 +30,7 @@ from onnx import defs, helper
 
 from opencann.compiler.ir import Node, TensorType
 from opencann.errors import AclError, ErrorCode
+from opencann.ops import blas
 from opencann.ops.activation import _sigmoid, gelu
 from opencann.ops.blas import sgemm
 from opencann.ops.cpu_elementwise import output_buffer
@@ -41,6 +44,9 @@ ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "softmax"
 _FLOATS = ["tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)"]
 _REDUCE = {"reassoc", "contract"}  # lets Numba vectorize the row sums
 SHORT_ROW = 256  # softmax rows shorter than this find their maximum in Numba
+_COMPILED = ACTIVATIONS[:-1]  # the epilogues :func:`_gemm_act` applies
+_NO_BIAS = np.zeros(0, F32)
+_NO_BIAS.flags.writeable = False  # the type of an initializer's bias: one compiled variant less
 
 
 # --- schemas and shape inference ------------------------------------------------------------------
@@ -215,6 +221,32 @@ def _epilogue(y, bias, alpha, code):
                 row[j] = _act(a * row[j] + bias[j], code)
 
 
+@numba.njit(cache=True, inline="always")
+def _overlap(x, y):
+    """Whether the memory spans of dense arrays ``x`` and ``y`` overlap."""
+    return x.ctypes.data < y.ctypes.data + y.nbytes and y.ctypes.data < x.ctypes.data + x.nbytes
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _gemm_act(fn, a, b, trans_b, y, bias, alpha, code):
+    """``y = act(alpha * a @ op(b) + bias)`` for C-contiguous float32 ``a`` (m, k), ``b``, ``y`` (m, n): MKL's
+    ``cblas_sgemm`` at address ``fn``, then the epilogue, in one call; ``bias`` (n,) or empty for none."""
+    m, k = a.shape
+    n = y.shape[1]
+    if _overlap(y, a) or _overlap(y, b):
+        c = np.empty((m, n), np.float32)
+        blas.gemm(fn, False, trans_b, m, n, k, np.float32(alpha), a, 0, k, b, 0, b.shape[1], np.float32(0.0), c, 0, n)
+        for i in range(m):  # a loop: ``y[:] = c`` took ~20 s to compile
+            for j in range(n):
+                y[i, j] = c[i, j]
+    else:
+        blas.gemm(fn, False, trans_b, m, n, k, np.float32(alpha), a, 0, k, b, 0, b.shape[1], np.float32(0.0), y, 0, n)
+    if bias.shape[0]:
+        _epilogue(y, bias, 1.0, code)
+    elif code:
+        _epilogue(y, np.zeros(n, np.float32), 1.0, code)
+
+
 @numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
 def _layer_norm_rows(x, gamma, beta, eps, y, mean, inv_std):
     """LayerNorm of each row of ``x`` (rows, n) into ``y``; statistics accumulate in float64."""
@@ -321,8 +353,26 @@ def _product(a: np.ndarray, b: np.ndarray, dest=None) -> np.ndarray | None:
         except ValueError:  # batch dimensions that do not broadcast: the reference kernel reports it
             return None
     out = output_buffer(dest, (*a.shape[:-1], b.shape[1]))
-    sgemm(a.reshape(-1, a.shape[-1]), b, out.reshape(-1, b.shape[1]))
+    a2, y2 = a.reshape(-1, a.shape[-1]), out.reshape(-1, b.shape[1])
+    if _compiled_gemm(a2, b, False, y2, _NO_BIAS, 1.0, 0) is None:
+        sgemm(a2, b, y2)
     return out
+
+
+def _compiled_gemm(a, b, trans_b, y, bias, alpha: float, code: int) -> tuple | None:
+    """``y = act(alpha * a @ op(b) + bias)`` by :func:`_gemm_act` (float32 2-D ``a`` and ``b``, C-contiguous ``y``
+    and (n,) ``bias``, ``_NO_BIAS`` for none; ``act`` not softmax) and what it called it with, ``(fn, b, trans_b)``;
+    None, having done nothing, where MKL is missing, ``a`` or ``b`` is not C-contiguous, or :func:`sgemm` would
+    pack a constant ``b`` (big, short, wide products, where a packed weight beats one call less: BERT's
+    128 x 768 x 3072 took 1.18x the time unpacked)."""
+    fn = blas.sgemm_address()
+    (m, k), n = a.shape, y.shape[1]
+    if not fn or (m < n and n * k >= blas.PACK_MIN) or not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return None
+    if trans_b and blas._is_constant(b):
+        b, trans_b = blas.transposed(b), False  # a row-major copy, made once
+    _gemm_act(fn, a, b, bool(trans_b), y, bias, alpha, code)
+    return fn, b, bool(trans_b)
 
 
 def _bias_row(bias: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -344,6 +394,12 @@ def matmul_cpu(a, b, out=None):
 
 @kernel("FusedMatMul", "cpu", domain=OPENCANN_DOMAIN)
 def fused_matmul_cpu(a, b, bias=None, *, alpha=1.0, activation="none", out=None):
+    if activation in _COMPILED and _f32(a, b, bias) and a.ndim >= 2 and b.ndim == 2 and a.shape[-1] == b.shape[0] \
+            and a.size and b.size and (bias is None or bias.shape == (b.shape[1],) and bias.flags.c_contiguous):
+        y = output_buffer(out, (*a.shape[:-1], b.shape[1]))  # GEMM and epilogue in one compiled call, where it can
+        if _compiled_gemm(a.reshape(-1, b.shape[0]), b, False, y.reshape(-1, b.shape[1]),
+                          _NO_BIAS if bias is None else bias, alpha, ACTIVATIONS.index(activation)) is not None:
+            return y
     y = _product(a, b, out) if _f32(a, b, bias) and activation in ACTIVATIONS else None
     row = None if y is None else _bias_row(bias, y.shape[-1])
     if row is None or (bias is not None and bias.ndim > y.ndim):
@@ -388,18 +444,31 @@ def gemm_cpu(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast
 
 def _bind_gemm(alpha=1.0, beta=1.0, transA=0, transB=0, activation="none", broadcast=1):
     """(Fused)Gemm with its attributes bound, for the executor's launch list: the usual call (float32 2-D ``a`` and
-    ``b``, a bias row ``c``, a planned ``out``) goes straight to sgemm and the epilogue (~1-3 us less a call than
-    the keyword-bound kernel); any other to the general kernel."""
+    ``b``, a bias row ``c``, a planned ``out``) goes straight to the compiled GEMM + epilogue (:func:`_compiled_gemm`;
+    the checks of ``b`` and ``c`` and the choice of operands are remembered while the same two arrays, the weights,
+    come again: ~2 us less a call), or without MKL to sgemm and the epilogue; any other to the general kernel."""
     code = ACTIVATIONS.index(activation) if activation in ACTIVATIONS[:-1] else -1
     row = beta == 1.0 and not transA and broadcast and code >= 0
     trans_b, bare, alpha = int(bool(transB)), alpha == 1.0 and code == 0, float(alpha)
+    memo = [None, None, (), 0, 0, 0]  # the last b and c, (fn, b, trans_b) called with, k, n, least rows
 
     def run(a, b, c=None, out=None):
+        if b is memo[0] and c is memo[1] and type(a) is np.ndarray and a.dtype == F32 and a.ndim == 2 \
+                and a.shape[1] == memo[3] and a.shape[0] >= memo[5] and a.flags.c_contiguous:
+            y = output_buffer(out, (a.shape[0], memo[4]))
+            fn, bb, tb = memo[2]
+            _gemm_act(fn, a, bb, tb, y, _NO_BIAS if c is None else c, alpha, code)
+            return y
         if row and type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype == F32 \
                 and a.ndim == b.ndim == 2 and a.shape[1] == b.shape[trans_b] and a.size and b.size and (
                     c is None or type(c) is np.ndarray and c.dtype == F32 and c.shape == (b.shape[1 - trans_b],)
                     and c.flags.c_contiguous):
             y = output_buffer(out, (a.shape[0], b.shape[1 - trans_b]))
+            called = _compiled_gemm(a, b, trans_b, y, _NO_BIAS if c is None else c, alpha, code)
+            if called:
+                k, n = a.shape[1], y.shape[1]
+                memo[:] = b, c, called, k, n, n if n * k >= blas.PACK_MIN else 1
+                return y
             sgemm(a, b, y, trans_b=trans_b)
             if c is not None or not bare:
                 _epilogue(y, np.zeros(y.shape[1], F32) if c is None else c, alpha, code)

@@ -8,7 +8,7 @@ writing into the preallocated ``Y`` and final states, instead of a Python loop o
 ``R^T`` of constant weights are copied once (:func:`opencann.ops.blas.transposed`); the plain LSTM (one
 direction, default cell, no lengths) skips the general driver (batch-1 models are latency-bound). An LSTM with a batch
 of ``_GEMM_BATCH`` or more does each step's recurrent product of the whole batch as one MKL ``cblas_sgemm``
-called from inside the Numba loop (the ctypes function is an argument, so the kernel stays cached); the
+called from inside the Numba loop (:func:`opencann.ops.blas.gemm`, by address); the
 default float32 LSTM cell (sigmoid/tanh/tanh, no clip) is one fused loop. float32 tanh and
 sigmoid use a rational approximation (Eigen's, within 4e-7 of tanh) that vectorizes. Recurrences too
 large for a Numba mat-vec to keep up with BLAS (``batch * gates * hidden**2 > _MAX_MACS`` multiply-adds
@@ -38,7 +38,6 @@ from opencann.ops.registry import OPENCANN_DOMAIN, kernel, op
 
 _MAX_MACS = 1 << 21  # recurrent multiply-adds per time step above which BLAS per step wins
 _GEMM_BATCH = 4  # batch from which the LSTM's recurrent products are one MKL GEMM per step
-_ROW_MAJOR, _NO_TRANS = blas._ROW_MAJOR, blas._NO_TRANS  # CBLAS enums
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # no nnan/ninf: clip may be inf
 _CODES = {name: i for i, name in enumerate(("relu", "tanh", "sigmoid", "affine", "leakyrelu", "thresholdedrelu",
                                             "scaledtanh", "hardsigmoid", "elu", "softsign", "softplus"))}
@@ -260,7 +259,7 @@ def _lstm_seq(xw, rt, bias, p, h, c, lens, reverse, codes, al, be, clip, fast, i
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _lstm_seq_gemm(gemm, xw, rt, bias, p, h, c, lens, reverse, codes, al, be, clip, fast, input_forget, y, d):
+def _lstm_seq_gemm(fn, xw, rt, bias, p, h, c, lens, reverse, codes, al, be, clip, fast, input_forget, y, d):
     """:func:`_lstm_seq` with each step's recurrent product of the whole batch, ``h @ rt``, one ``gemm`` call
     (MKL's ``cblas_sgemm``: float32, C-contiguous ``h`` and ``rt``)."""
     steps, batch, hidden = xw.shape[0], xw.shape[1], rt.shape[0]
@@ -268,8 +267,8 @@ def _lstm_seq_gemm(gemm, xw, rt, bias, p, h, c, lens, reverse, codes, al, be, cl
     act = np.empty(hidden, xw.dtype)
     for s in range(steps):
         t = steps - 1 - s if reverse else s
-        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, batch, 4 * hidden, hidden, _ONE, h.ctypes, hidden, rt.ctypes,
-             4 * hidden, _ZERO, z.ctypes, 4 * hidden)
+        blas.gemm(fn, False, False, batch, 4 * hidden, hidden, _ONE, h, 0, hidden, rt, 0, 4 * hidden, _ZERO, z, 0,
+                  4 * hidden)
         for n in range(batch):
             if t >= lens[n]:
                 continue
@@ -294,14 +293,14 @@ def _lstm_plain_seq(xw, rt, bias, h, c, y):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _lstm_plain_seq_gemm(gemm, xw, rt, h, c, y):
+def _lstm_plain_seq_gemm(fn, xw, rt, h, c, y):
     """:func:`_lstm_plain_seq` with each step's recurrent product of the whole batch, ``h @ rt``, one ``gemm`` call
     (``cblas_sgemm``); ``xw`` includes the biases."""
     steps, batch, hidden = xw.shape[0], xw.shape[1], rt.shape[0]
     z = np.empty((batch, 4 * hidden), xw.dtype)
     for t in range(steps):
-        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, batch, 4 * hidden, hidden, _ONE, h.ctypes, hidden, rt.ctypes,
-             4 * hidden, _ZERO, z.ctypes, 4 * hidden)
+        blas.gemm(fn, False, False, batch, 4 * hidden, hidden, _ONE, h, 0, hidden, rt, 0, 4 * hidden, _ZERO, z, 0,
+                  4 * hidden)
         for n in range(batch):
             _cell(z[n], xw[t, n], h[n], c[n])
             y[t, 0, n] = h[n]
@@ -336,18 +335,17 @@ def _small(X, R, gates: int, layout) -> bool:
 
 
 def _gemm(X, layout):
-    """MKL's ``cblas_sgemm`` where each step's recurrent product should be one GEMM of the whole batch (a batch
-    of at least ``_GEMM_BATCH``, float32 compute, MKL loaded), else None. Faster than the reference's BLAS call
-    per step from Python at any size (1.8x at batch 32, hidden 256)."""
+    """The address of MKL's ``cblas_sgemm`` where each step's recurrent product should be one GEMM of the whole
+    batch (a batch of at least ``_GEMM_BATCH``, float32 compute, MKL loaded), else None. Faster than the
+    reference's BLAS call per step from Python at any size (1.8x at batch 32, hidden 256)."""
     if X.dtype.kind != "f" or X.ndim != 3 or ref._compute_dtype(X) != np.float32:
         return None
     return _gemm_for(X.shape[0 if layout else 1])
 
 
 def _gemm_for(batch: int):
-    """MKL's ``cblas_sgemm`` for a float32 batch of at least ``_GEMM_BATCH`` (MKL loaded), else None."""
-    lib = blas.library() if batch >= _GEMM_BATCH else None
-    return None if lib is None else lib.cblas_sgemm
+    """The address of MKL's ``cblas_sgemm`` for a float32 batch of at least ``_GEMM_BATCH`` (MKL loaded), else None."""
+    return (blas.sgemm_address() or None) if batch >= _GEMM_BATCH else None
 
 
 def _on_one_thread(fn, *args):
@@ -613,7 +611,7 @@ def _embedding_lstm_seq(tokens, batch_major, table, rt, h, c, y):
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _embedding_lstm_seq_gemm(gemm, tokens, batch_major, table, rt, h, c, y):
+def _embedding_lstm_seq_gemm(fn, tokens, batch_major, table, rt, h, c, y):
     """:func:`_embedding_lstm_seq` with each step's recurrent product of the whole batch, ``h @ rt``, one ``gemm``
     call (``cblas_sgemm``)."""
     rows, ok = _rows(tokens, batch_major, table.shape[0])
@@ -622,8 +620,7 @@ def _embedding_lstm_seq_gemm(gemm, tokens, batch_major, table, rt, h, c, y):
     (steps, batch), (hidden, width) = rows.shape, rt.shape
     z, h, c = np.empty((batch, width), table.dtype), h[0], c[0]
     for t in range(steps):
-        gemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, batch, width, hidden, _ONE, h.ctypes, hidden, rt.ctypes, width, _ZERO,
-             z.ctypes, width)
+        blas.gemm(fn, False, False, batch, width, hidden, _ONE, h, 0, hidden, rt, 0, width, _ZERO, z, 0, width)
         for n in range(batch):
             _cell(z[n], table[rows[t, n]], h[n], c[n])
             if y.shape[0]:
