@@ -225,3 +225,53 @@ def test_kernels_with_a_bind_hook_run_their_bound_closure_on_every_input():
     a, b = np.arange(3, dtype=np.float32), np.full(3, 10, np.float32)
     for _ in range(2):
         np.testing.assert_array_equal(Executor(graph).run([a, b])[0], a * 2 + b + 100)
+
+
+
+@op("Boom", domain=DOMAIN)
+def _boom(x):
+    raise ValueError("boom")
+
+
+def _rotating_body(fail: bool = False) -> Graph:
+    """Loop body (i, cond, v) -> (i < 10, halves of w - v swapped, -v): one-input, several-input and multi-output
+    steps reading a captured ``w`` (``fail``: a kernel raises first)."""
+    it, cond = Value("it", TensorType(np.int64, ())), Value("cond", TensorType(np.bool_, ()))
+    ten = Value("ten", const=np.array(10, np.int64))
+    v, w, n, a, s1, s2, r, c = (Value(k) for k in ("v", "w", "n", "a", "s1", "s2", "r", "c"))
+    nodes = [Node("Neg", [v], [n]), Node("Add", [n, w], [a]),
+             Node("Split", [a], [s1, s2], {"axis": 0, "num_outputs": 2}),
+             Node("Concat", [s2, s1], [r], {"axis": 0}), Node("Less", [it, ten], [c])]
+    if fail:
+        nodes.insert(0, Node("Boom", [v], [Value("bad")], name="boom", domain=DOMAIN))
+    return Graph(inputs=[it, cond, v], outputs=[c, r, n], nodes=nodes, initializers=[ten],
+                 opsets={"": 18, DOMAIN: 1})
+
+
+def _loop_graph(body: Graph, trips: int) -> Graph:
+    m, v0, w = Value("m", const=np.array(trips, np.int64)), Value("v0"), Value("w")
+    out, scan = Value("out"), Value("scan")
+    return Graph(inputs=[v0, w], outputs=[out, scan], nodes=[Node("Loop", [m, None, v0], [out, scan], {"body": body})],
+                 initializers=[m], opsets={"": 18, DOMAIN: 1})
+
+
+def test_loop_bodies_run_through_the_tight_runner_with_the_values_of_the_general_path():
+    from opencann.runtime.executor import Plan, Subgraph
+
+    v, w = np.arange(4, dtype=np.float32), np.array([1, 2, 3, 4], np.float32)
+    want_v, scans = v, []
+    for _ in range(3):
+        scans.append(-want_v)
+        a = w - want_v
+        want_v = np.concatenate([a[2:], a[:2]])
+    out, scan = Executor(_loop_graph(_rotating_body(), 3)).run([v, w])
+    np.testing.assert_array_equal(out, want_v)
+    np.testing.assert_array_equal(scan, np.stack(scans))
+    sub = Subgraph(Plan(_rotating_body()), {"w": w})
+    inputs = (np.array(0, np.int64), np.array(True), v)
+    run = sub.runner()
+    for _ in range(2):  # each call starts from the body's own workspace
+        for got, ref in zip(run(inputs), sub(*inputs), strict=True):
+            np.testing.assert_array_equal(got, ref)
+    with pytest.raises(AclError, match="node Boom 'boom' failed: ValueError: boom"):
+        Executor(_loop_graph(_rotating_body(fail=True), 2)).run([v, w])

@@ -45,18 +45,23 @@ def loop(m, cond, *v_initial, body):
     n = len(v_initial)
     trip = None if m is None else int(np.asarray(m).reshape(-1)[0])
     keep = True if cond is None else _flag(cond, "Loop condition")
-    state, scans, i = list(v_initial), [], 0
+    k = len(body.output_names) - 1 - n
+    if len(getattr(body, "input_names", ())) != 2 + n:
+        raise AclError(ErrorCode.OP_INPUT_NOT_MATCH, f"Loop: the body takes {len(body.input_names)} inputs, not the "
+                       f"iteration, the condition and {n} carried values")
+    run = body.runner()
+    state, scans, i = tuple(v_initial), [], 0
     true = np.array(True)
     true.flags.writeable = False  # one array for every iteration's (always true) condition input
     while keep and (trip is None or i < trip):
-        outs = body(np.array(i, dtype=np.int64), true, *state)
+        outs = run((np.array(i, dtype=np.int64), true, *state))
         if cond is not None:
             c = outs[0]
             keep = bool(c) if type(c) is np.ndarray and c.shape == () else _flag(c, "Loop body condition")
         state = outs[1:1 + n]
-        scans.append(outs[1 + n:])
+        if k:
+            scans.append(outs[1 + n:])
         i += 1
-    k = len(body.output_names) - 1 - n
     stacked = [np.stack([s[j] for s in scans]) if scans else _empty_like_output(body, 1 + n + j, (0,))
                for j in range(k)]
     return (*state, *stacked)

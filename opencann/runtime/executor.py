@@ -24,7 +24,7 @@ import functools
 import inspect
 import operator
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ from opencann.runtime import threads
 from opencann.runtime.memory_plan import ALIGNMENT, last_uses, plan_arena
 
 threads.apply_env()
+
+_MANY_IN, _ONE_IN, _GENERAL = 0, 1, 2  # kinds of Plan._program's steps
 
 
 @dataclass
@@ -292,6 +294,24 @@ class Plan:
                 vals.clear()
                 self._pool.append(arena)
 
+    def _program(self) -> list[tuple] | None:
+        """The launch list as ``(kind, call, fetch, output slot, slots to drop, step)`` for :meth:`Subgraph.runner`:
+        single-output steps with one input (``fetch``: its slot) or more (an itemgetter), the rest through
+        :meth:`_launch`; None when a step has subgraphs, an output is unproduced or the inputs' slots are not in a
+        row."""
+        if self._unproduced or any(s.subgraphs for s in self.steps) or self._input_span[1] != len(self._input_slots) \
+                or not self._output_slots:
+            return None
+        program = []
+        for s in self.steps:
+            if s.single and len(s.in_slots) == 1:
+                program.append((_ONE_IN, s.call, s.in_slots[0], s.out_slots[0], s.drop_slots, s))
+            elif s.single and s.fetch is not None:
+                program.append((_MANY_IN, s.call, s.fetch, s.out_slots[0], s.drop_slots, s))
+            else:
+                program.append((_GENERAL, s.call, None, -1, s.drop_slots, s))
+        return program
+
     def _launch(self, step: Step, vals: list[Any], outer: Mapping[str, Any] | None) -> None:
         """The general path: subgraphs, ``n_outputs``, ``out=`` reuse and several outputs."""
         args = [vals[i] for i in step.in_slots]
@@ -361,6 +381,46 @@ class Subgraph:
         if self._base is None:
             self._base = self.plan._workspace(self.scope)
         return self.plan.run_bound(self._base, inputs, self.scope)
+
+    def runner(self) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """The body as ``run(inputs) -> outputs`` (a tuple; inputs as a sequence, not checked), for a kernel that
+        calls it many times in a row (a Loop's iterations): a body without nested subgraphs runs a tight launch
+        list (no arena, no ``out=`` reuse of single-output steps), others as ``__call__``.
+        The kernels are read when the runner is made (a profiler attaches between runs, not during one)."""
+        plan = self.plan
+        program = plan._program()
+        if program is None:
+            return lambda inputs: tuple(self(*inputs))
+        if self._base is None:
+            self._base = plan._workspace(self.scope)
+        base, (first, count), outputs = self._base, plan._input_span, plan._output_slots
+        fetch_outputs = operator.itemgetter(*outputs) if len(outputs) > 1 else lambda vals: (vals[outputs[0]],)
+
+        def run(inputs: Sequence[Any]) -> tuple[Any, ...]:
+            vals = base.copy()
+            vals[first:first + count] = inputs
+            step = None
+            try:
+                for kind, call, fetch, out, drop, step in program:
+                    if kind == _MANY_IN:
+                        result = call(*fetch(vals))
+                    elif kind == _ONE_IN:
+                        result = call(vals[fetch])
+                    else:
+                        plan._launch(step, vals, None)
+                        result = None
+                    if out >= 0:
+                        vals[out] = result if type(result) is np.ndarray else _first(result)
+                    for i in drop:
+                        vals[i] = None
+            except AclError:
+                raise
+            except Exception as exc:
+                raise AclError(ErrorCode.INTERNAL_ERROR,
+                               f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+            return fetch_outputs(vals)
+
+        return run
 
 
 def _call(step: Step, fn: Any) -> Any:
