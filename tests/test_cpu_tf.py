@@ -6,7 +6,7 @@ import pytest
 
 from opencann.compiler.ir import Node, TensorType, Value
 from opencann.compiler.passes.shape_inference import infer_node
-from opencann.ops import cpu_tf, tf_nn, tf_ops, tf_stateless
+from opencann.ops import blas, cpu_tf, tf_nn, tf_ops, tf_stateless
 
 RNG = np.random.default_rng(0)
 
@@ -166,6 +166,28 @@ def test_bias_add_grad_matches_the_exact_sum(shape):
     np.testing.assert_allclose(got, exact, rtol=1e-6)
     nc = nchw(g) if g.ndim == 4 else g
     close(cpu_tf.bias_add_grad(nc, data_format="NCHW"), tf_ops.bias_add_grad(nc, data_format="NCHW"), 1e-5)
+
+
+def test_conv_gemms_run_on_one_mkl_thread_and_restore_the_count(monkeypatch):
+    """Each conv's GEMMs run on one MKL thread (a second one made the filter gradient up to 7x slower), and the
+    calling thread's own count (StepThreads') is back afterwards."""
+    lib = blas.library()
+    if lib is None:
+        pytest.skip("MKL is not loaded")
+    seen, real = [], cpu_tf.sgemm
+    monkeypatch.setattr(cpu_tf, "sgemm", lambda *a, **k: (seen.append(lib.MKL_Get_Max_Threads()), real(*a, **k)))
+    x, w, dy = operands("second_layer")
+    prev = lib.MKL_Set_Num_Threads_Local(2)
+    try:
+        close(cpu_tf.tf_conv(x, w, **attrs("second_layer")), tf_nn.tf_conv(x, w, **attrs("second_layer")))
+        close(cpu_tf.conv_backprop_filter(x, np.array(w.shape), dy, **attrs("second_layer")),
+              tf_nn.conv_backprop_filter(x, np.array(w.shape), dy, **attrs("second_layer")))
+        close(cpu_tf.conv_backprop_input(np.array(x.shape), w, dy, **attrs("second_layer")),
+              tf_nn.conv_backprop_input(np.array(x.shape), w, dy, **attrs("second_layer")))
+        assert lib.MKL_Get_Max_Threads() == 2
+    finally:
+        lib.MKL_Set_Num_Threads_Local(prev)
+    assert len(seen) >= 3 and set(seen) == {1}
 
 
 def test_relu_grad_matches_the_reference():

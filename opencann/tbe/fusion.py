@@ -140,6 +140,17 @@ def _tanh_grad(node, x, c):
     return [tbe.vmul(x[1], tbe.vsub(tbe.const(1.0, x[0].dtype), tbe.vmul(x[0], x[0])))]
 
 
+def _relu_grad(node, x, c):
+    """TensorFlow's ReluGrad(dy, y) = dy where y > 0 else 0."""
+    tbe = _tbe()
+    return [tbe.vsel(tbe.vcmp(x[1], tbe.const(0.0, x[1].dtype), "gt"), x[0], tbe.const(0.0, x[0].dtype))]
+
+
+def _tile(node, x, c):
+    """A Tile that only repeats size-1 axes: a broadcast, folded into the consumers' index expressions."""
+    return [_tbe().broadcast(x[0], tuple(d * int(m) for d, m in zip(x[0].shape, c[1].reshape(-1))))]
+
+
 def _reduce(prim: str) -> Emit:
     def emit(node, x, c):
         axes = _reduce_axes(node, c)
@@ -165,17 +176,17 @@ TABLE: dict[str, Emit] = {
     "Sigmoid": _unary("vsigmoid"), "Erf": _unary("verf"), "Pow": _pow, "LeakyRelu": _leaky_relu,
     "Clip": _clip, "Where": _where, "Less": _compare("lt"), "LessOrEqual": _compare("le"),
     "Greater": _compare("gt"), "GreaterOrEqual": _compare("ge"), "Equal": _compare("eq"), "Cast": _cast,
-    "Identity": _identity,
+    "Identity": _identity, "Tile": _tile,
     "Softplus": _softplus, "HardSigmoid": _hard_sigmoid, "Gelu": _gelu,
     "ReduceSum": _reduce("reduce_sum"), "ReduceMean": _reduce("reduce_mean"), "ReduceMax": _reduce("reduce_max"),
     "ReduceMin": _reduce("reduce_min"), "ReduceProd": _reduce("reduce_prod"),
 }
 DOMAIN_TABLE: dict[tuple[str, str], Emit] = {  # operators of other domains (TF gradients), same-dtype inputs
-    (DOMAIN, "SigmoidGrad"): _sigmoid_grad, (DOMAIN, "TanhGrad"): _tanh_grad,
+    (DOMAIN, "SigmoidGrad"): _sigmoid_grad, (DOMAIN, "TanhGrad"): _tanh_grad, (DOMAIN, "ReluGrad"): _relu_grad,
 }
 REDUCTIONS = frozenset(k for k in TABLE if k.startswith("Reduce"))
 _CONST_INPUTS = {"Clip": (1, 2), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,),
-                 "ReduceProd": (1,)}  # inputs that must be constants
+                 "ReduceProd": (1,), "Tile": (1,)}  # inputs that must be constants
 
 
 def fusible(node: Node) -> bool:
@@ -216,6 +227,9 @@ def _attrs_ok(node: Node) -> bool:
         return not (a.get("noop_with_empty_axes", 0) and no_axes) and node.inputs[0].type.dtype.kind == "f"
     if node.op == "Pow":
         return node.inputs[1].const is None or node.inputs[1].const.size == 1
+    if node.op == "Tile":
+        shape, reps = node.inputs[0].type.shape, node.inputs[1].const.reshape(-1)
+        return len(node.inputs) == 2 and len(reps) == len(shape) and all(m == 1 or d == 1 for d, m in zip(shape, reps))
     if node.op == "Gelu":
         return a.get("approximate", "none") in ("none", "tanh")
     return node.op != "Where" or node.inputs[0].type.dtype == np.dtype(bool)

@@ -4,7 +4,11 @@ matches TensorFlow."""
 import numpy as np
 import pytest
 
+from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.compiler.passes.fuse_elementwise import fuse_elementwise
 from opencann.ops import cpu_tf, tf_nn
+from opencann.runtime.executor import Executor
+from opencann.tbe import fusion
 from tests.tf.harness import assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
 
 RNG = np.random.default_rng(0)
@@ -303,3 +307,39 @@ def test_fused_batch_norm_and_gradients(mode, data_format):
 
     args = (x, scale, offset, mean, var)
     assert_same(*(run_both(bn("NHWC"), *args) if data_format == "NHWC" else run_nchw(bn, *args)))
+
+
+def mean_gradient_graph(reps):
+    """A global-average-pool gradient as TF writes it, ``Tile(dy [N,1,1,C], reps) / count``, then ReluGrad, the
+    batch-norm gradient's sums and a product."""
+    t = TensorType(np.float32, (4, 5, 6, 3))
+    dy, f = Value("dy", TensorType(np.float32, (4, 1, 1, 3) if reps[1] > 1 else (4, 5, 6, 3))), Value("f", t)
+    tiled, mean, rg, s, m = (Value(n, t) for n in ("tiled", "mean", "rg", "s", "m"))
+    s.type = TensorType(np.float32, (1, 1, 1, 3))
+    consts = [Value("reps", const=np.array(reps, np.int64)), Value("count", const=np.array(30.0, np.float32)),
+              Value("axes", const=np.array([0, 1, 2], np.int64))]
+    nodes = [Node("Tile", [dy, consts[0]], [tiled]), Node("Div", [tiled, consts[1]], [mean]),
+             Node("ReluGrad", [mean, f], [rg], domain="opencann"),
+             Node("ReduceSum", [rg, consts[2]], [s], {"keepdims": 1}), Node("Mul", [rg, f], [m])]
+    return Graph(inputs=[dy, f], outputs=[s, m], nodes=nodes, initializers=consts, opsets={"": 18, "opencann": 1})
+
+
+@pytest.mark.parametrize("reps", [[1, 5, 6, 1], [1, 1, 1, 1]])
+def test_mean_gradient_tile_and_relu_grad_fuse_as_a_broadcast(reps):
+    """A Tile repeating only size-1 axes is a broadcast, ReluGrad a select: both join one fused kernel, whose
+    results match the unfused graph and NumPy; a Tile that copies data stays a Tile."""
+    feeds = {"dy": RNG.standard_normal(mean_gradient_graph(reps).inputs[0].type.shape).astype(np.float32),
+             "f": np.round(RNG.standard_normal((4, 5, 6, 3)), 1).astype(np.float32)}  # zeros: ReluGrad's edge
+    want = Executor(mean_gradient_graph(reps)).run(feeds)
+    fused = fuse_elementwise(mean_gradient_graph(reps), min_elements=1)
+    assert [n.op for n in fused.nodes] == [fusion.OP]
+    assert [n.op for n in fused.nodes[0].attrs["body"].nodes] == ["Tile", "Div", "ReluGrad", "ReduceSum", "Mul"]
+    got = Executor(fused).run(feeds)
+    rg = np.where(feeds["f"] > 0, np.tile(feeds["dy"], reps) / np.float32(30.0), 0)
+    for g, w, n in zip(got, want, [rg.sum((0, 1, 2), keepdims=True), rg * feeds["f"]]):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g, n, rtol=1e-5, atol=1e-6)
+    copying = mean_gradient_graph(reps)
+    copying.nodes[0].inputs[1] = Value("reps2", const=np.array([2, 1, 1, 1], np.int64))
+    copying.nodes[0].outputs[0].type = TensorType(np.float32, (8, *copying.nodes[0].outputs[0].type.shape[1:]))
+    assert not fusion.fusible(copying.nodes[0])
