@@ -74,7 +74,7 @@ def _act(code, x, a, b):  # noqa: C901 - one branch per ONNX activation
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _tanh32(x):
+def tanh32(x):
     """tanh as a rational function (Eigen's float32 approximation, within 4e-7): vectorizes, unlike tanhf."""
     x = min(max(x, np.float32(-9.0)), np.float32(9.0))
     x2 = x * x
@@ -94,13 +94,13 @@ def _tanh32(x):
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
 def _apply(code, v, a, b, fast):
-    """``v[:] = activation(v)``; ``fast``: float32 data, tanh and sigmoid through :func:`_tanh32`."""
+    """``v[:] = activation(v)``; ``fast``: float32 data, tanh and sigmoid through :func:`tanh32`."""
     if fast and code == 1:
         for k in range(v.shape[0]):
-            v[k] = _tanh32(v[k])
+            v[k] = tanh32(v[k])
     elif fast and code == 2:
         for k in range(v.shape[0]):
-            v[k] = _HALF * (_tanh32(_HALF * v[k]) + _ONE)
+            v[k] = _HALF * (tanh32(_HALF * v[k]) + _ONE)
     else:
         for k in range(v.shape[0]):
             v[k] = _act(code, v[k], a, b)
@@ -181,8 +181,8 @@ def _gru_seq(xw, rt, wb, rb, h, lens, reverse, codes, al, be, clip, fast, linear
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
-def _sigmoid32(x):
-    return _HALF * (_tanh32(_HALF * x) + _ONE)
+def sigmoid32(x):
+    return _HALF * (tanh32(_HALF * x) + _ONE)
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
@@ -190,11 +190,11 @@ def _lstm_cell_default(z, x, p, h, c):
     """:func:`_lstm_cell` for float32 with the default activations, no clip: one pass (vectorizes)."""
     hidden = h.shape[0]
     for k in range(hidden):
-        i = _sigmoid32(z[k] + x[k] + p[0, k] * c[k])
-        f = _sigmoid32(z[2 * hidden + k] + x[2 * hidden + k] + p[2, k] * c[k])
-        ck = f * c[k] + i * _tanh32(z[3 * hidden + k] + x[3 * hidden + k])
+        i = sigmoid32(z[k] + x[k] + p[0, k] * c[k])
+        f = sigmoid32(z[2 * hidden + k] + x[2 * hidden + k] + p[2, k] * c[k])
+        ck = f * c[k] + i * tanh32(z[3 * hidden + k] + x[3 * hidden + k])
         c[k] = ck
-        h[k] = _sigmoid32(z[hidden + k] + x[hidden + k] + p[1, k] * ck) * _tanh32(ck)
+        h[k] = sigmoid32(z[hidden + k] + x[hidden + k] + p[1, k] * ck) * tanh32(ck)
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")
@@ -203,11 +203,11 @@ def _cell(z, x, h, c):
     gates i, o, f, c; updates ``h`` and ``c`` in place."""
     hidden = h.shape[0]
     for k in range(hidden):
-        i, o = _sigmoid32(z[k] + x[k]), _sigmoid32(z[hidden + k] + x[hidden + k])
-        f, g = _sigmoid32(z[2 * hidden + k] + x[2 * hidden + k]), _tanh32(z[3 * hidden + k] + x[3 * hidden + k])
+        i, o = sigmoid32(z[k] + x[k]), sigmoid32(z[hidden + k] + x[hidden + k])
+        f, g = sigmoid32(z[2 * hidden + k] + x[2 * hidden + k]), tanh32(z[3 * hidden + k] + x[3 * hidden + k])
         ck = f * c[k] + i * g
         c[k] = ck
-        h[k] = o * _tanh32(ck)
+        h[k] = o * tanh32(ck)
 
 
 @njit(cache=True, inline="always", fastmath=_FASTMATH, error_model="numpy")

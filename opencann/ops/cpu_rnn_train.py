@@ -25,37 +25,14 @@ from numba import njit
 
 from opencann.errors import AclError, ErrorCode
 from opencann.ops.blas import SMALL, sgemm
+from opencann.ops.cpu_rnn import sigmoid32, tanh32
 from opencann.ops.registry import op
 
 DOMAIN = "opencann"
 F32 = np.dtype(np.float32)
 FORWARD_ROLES = ("i", "f", "g", "o", "c", "tanh_c", "h")
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-_HALF, _ONE = np.float32(0.5), np.float32(1.0)
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _tanh32(x):
-    """tanh as a rational function (Eigen's float32 approximation, within 4e-7): vectorizes, unlike tanhf."""
-    x = min(max(x, np.float32(-9.0)), np.float32(9.0))
-    x2 = x * x
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return x * p / q
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _sigmoid32(x):
-    return _HALF * (_tanh32(_HALF * x) + _ONE)
+_ONE = np.float32(1.0)
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
@@ -82,10 +59,10 @@ def _forward(z, z2, b, c, gi, gf, gg, go, out):
 def _act(x, y, tanh):
     if tanh:
         for k in range(x.shape[0]):
-            y[k] = _tanh32(x[k])
+            y[k] = tanh32(x[k])
     else:
         for k in range(x.shape[0]):
-            y[k] = _sigmoid32(x[k])
+            y[k] = sigmoid32(x[k])
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
