@@ -339,3 +339,109 @@ def test_list_zeros_like_shares_one_read_only_zeros_per_shape():
     for x, z in zip(items[::2] + items[3:], out[::2] + out[3:]):
         assert z.shape == x.shape and z.dtype == x.dtype and not z.any()
     assert items[0].all()  # the input is untouched
+
+
+
+def test_div_no_nan_and_sparse_cross_entropy_match_tensorflow():
+    """DivNoNan (a division only where the divisor is not 0) and SparseSoftmaxCrossEntropyWithLogits against TF."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    x[0, 0] = np.nan
+    for y in (np.array([0, 2, 0, -1], np.float32), np.float32(0), np.float32(3)):
+        out = tf_ops.div_no_nan(x, np.asarray(y))
+        np.testing.assert_array_equal(out, tf.math.divide_no_nan(x, y).numpy())
+        assert out.dtype == np.float32 and out.shape == (3, 4)
+    assert tf_ops.div_no_nan(np.float32(2), np.ones((2, 1), np.float32)).shape == (2, 1)
+    logits, labels = 4 * rng.standard_normal((9, 6)).astype(np.float32), rng.integers(0, 6, 9).astype(np.int32)
+    loss, grad = tf_ops.sparse_softmax_cross_entropy(logits, labels)
+    tf_loss, tf_grad = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
+    np.testing.assert_allclose(loss, tf_loss.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, tf_grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_update_pool_hands_out_only_buffers_nothing_else_holds():
+    from opencann.ops.tf_ops import UpdatePool, pooled
+
+    pool, f32 = UpdatePool(4), np.dtype(np.float32)
+    a = pool.empty((4, 5), f32)
+    assert a.ctypes.data % 64 == 0 and pooled(a) and not pooled(a.copy())
+    b = pool.empty((4, 5), f32)
+    assert b.ctypes.data != a.ctypes.data  # ``a`` is held
+    address = a.ctypes.data
+    del a
+    c = pool.empty((4, 5), f32)
+    assert c.ctypes.data == address  # nothing but the pool held it: reused
+    view = c.reshape(-1)[2:]  # a view holds the buffer's memory
+    del c
+    assert pool.empty((4, 5), f32).ctypes.data not in (address, b.ctypes.data)
+    assert pool.empty((5, 4), f32).shape == (5, 4) and view.size == 18
+
+
+
+def _held_steps(init: np.ndarray, grads: list, on_opencann: bool) -> list[np.ndarray]:
+    """Steps of a fused slot and weight update; after each, the user reads w and m (TF tensors, kept) and checks
+    at the end that every kept read still has its value: returns copies of those reads."""
+    from tests.tf.harness import oc, tf
+
+    w, m = tf.Variable(init), tf.Variable(init * 0.5)
+
+    @tf.function
+    def step(g):
+        m.assign(m * 0.9 + g * 0.1)
+        w.assign_sub(m * 0.01 / (tf.sqrt(tf.abs(m)) + 1e-7))
+        return tf.reduce_sum(g)
+
+    adapter = oc.enable() if on_opencann else None
+    held = []
+    try:
+        for g in grads:
+            step(tf.constant(g))
+            held.append((w.read_value(), w.numpy().copy(), m.value(), m.numpy().copy()))
+    finally:
+        oc.disable()
+    if adapter is not None:
+        (program,) = adapter.programs.values()
+        assert "FusedUpdate" in [n.op for n in program.executor.plan.graph.nodes]
+    for w_held, w_copy, m_held, m_copy in held:
+        np.testing.assert_array_equal(w_held.numpy(), w_copy)
+        np.testing.assert_array_equal(m_held.numpy(), m_copy)
+    return [c for h in held for c in (h[1], h[3])]
+
+
+def test_pooled_updates_never_touch_values_tensorflow_or_the_user_still_hold():
+    """Steps on opencann reuse a FusedUpdate's buffers once TF dropped them: values read between steps keep
+    theirs, and the variables follow TensorFlow's own steps."""
+    rng = np.random.default_rng(1)
+    init = rng.standard_normal((128, 160)).astype(np.float32)
+    grads = [rng.standard_normal((128, 160)).astype(np.float32) for _ in range(5)]
+    for ours, theirs in zip(_held_steps(init, grads, True), _held_steps(init, grads, False), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_update_pool_reuses_the_buffers_tensorflow_dropped():
+    from tests.tf.harness import oc, tf
+
+    w = tf.Variable(np.ones((128, 160), np.float32))
+
+    @tf.function
+    def step(g):
+        w.assign(w * 0.5 + g)
+        return tf.reduce_sum(g)
+
+    adapter = oc.enable()
+    addresses = []
+    try:
+        for k in range(6):
+            step(tf.fill([128, 160], float(k)))
+            (program,) = adapter.programs.values()
+            addresses.append(program.io.read([w.handle])[0].ctypes.data)
+    finally:
+        oc.disable()
+    from opencann.ops import tf_ops
+
+    (node,) = [n for n in program.executor.plan.graph.nodes if n.op == "FusedUpdate"]
+    kept = {b.ctypes.data for bufs in tf_ops._pools[id(node.attrs["body"])].kept.values() for b in bufs}
+    assert set(addresses) <= kept and len(kept) < len(addresses)  # every step wrote into a pooled buffer
+    np.testing.assert_array_equal(w.numpy(), 0.5 ** 6 + sum(k * 0.5 ** (5 - k) for k in range(6)))

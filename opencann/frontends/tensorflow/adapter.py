@@ -28,7 +28,7 @@ from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates
 from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.importer import Context, build_graph, convert_ops, tensor_type
-from opencann.ops.tf_ops import ALIGNMENT
+from opencann.ops.tf_ops import ALIGNMENT, pooled
 from opencann.runtime.executor import Executor
 
 
@@ -228,7 +228,7 @@ class VariableIO:
         device = self.context.device_name
         tensors = [self.tensor(values[i], device, None) for i in self.writing.singles]
         for members in self.writing.packs:
-            tensors.append(self.tensor(np.concatenate([values[i].reshape(-1) for i in members]), device, None))
+            tensors.append(self.tensor(np.concatenate([values[i] for i in members], axis=None), device, None))
         self._run(1, [*handles, *tensors], 0)
 
     def _run(self, which: int, inputs: list, n_outputs: int) -> list:
@@ -325,12 +325,13 @@ def handoff(values: list, dtypes: list[np.dtype]) -> list[np.ndarray]:
     """``values`` as arrays TensorFlow may keep: it adopts an aligned array's buffer instead of copying it
     and may later update it in place, so each stays itself only when it is a new contiguous array of its
     variable's dtype that nothing else holds; a weight of the graph, a view of another array, a read of
-    TF's own buffer, or a value also returned or listed twice is copied."""
+    TF's own buffer, or a value also returned or listed twice is copied. (A FusedUpdate pool's buffer has the
+    pool's reference too, which reuses it only once nothing else holds it.)"""
     out = []
     for i, dtype in enumerate(dtypes):
-        value = values[i]  # references: ``values``, ``value``, getrefcount's argument
+        value = values[i]  # references: ``values``, ``value``, getrefcount's argument (and an UpdatePool's)
         fresh = (type(value) is np.ndarray and value.dtype == dtype and value.flags.writeable
-                 and value.flags.c_contiguous and sys.getrefcount(value) <= 3
+                 and value.flags.c_contiguous and sys.getrefcount(value) <= 3 + pooled(value)
                  and (value.base is None or _sole_view(value)))
         out.append(value if fresh else np.array(value, dtype))
     return out
