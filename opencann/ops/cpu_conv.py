@@ -221,6 +221,22 @@ def _at4(m0, m1, m2, m3, s0, s1):
         s1[k] = m1[k] - m2[k] - m3[k]
 
 
+@numba.njit(inline="always")
+def _padded_patch(x, img, ih0, iw0, size, patch):
+    """``patch[a * size + b] = x[img, ih0 + a, iw0 + b]`` over a ``size`` x ``size`` window, zeros outside the image."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    for a in range(size):
+        for b in range(size):
+            d = patch[a * size + b]
+            if ih0 + a < 0 or ih0 + a >= h or iw0 + b < 0 or iw0 + b >= w:
+                for k in range(c):
+                    d[k] = 0
+            else:
+                src = x[img, ih0 + a, iw0 + b]
+                for k in range(c):
+                    d[k] = src[k]
+
+
 @numba.njit(cache=True, error_model="numpy", boundscheck=False)
 def _winograd_input(x, v, ph, pw, th, tw, g0, g1):
     """Winograd F(2x2, 3x3) input transform ``B^T d B`` of the 4x4 patches (zeros for padding) of tile rows
@@ -236,16 +252,7 @@ def _winograd_input(x, v, ph, pw, th, tw, g0, g1):
             iw0 = 2 * tj - pw
             inside = ih0 >= 0 and ih0 + 4 <= h and iw0 >= 0 and iw0 + 4 <= w
             if not inside:
-                for a in range(4):
-                    for b in range(4):
-                        d = patch[a * 4 + b]
-                        if ih0 + a < 0 or ih0 + a >= h or iw0 + b < 0 or iw0 + b >= w:
-                            for k in range(c):
-                                d[k] = 0
-                        else:
-                            src = x[img, ih0 + a, iw0 + b]
-                            for k in range(c):
-                                d[k] = src[k]
+                _padded_patch(x, img, ih0, iw0, 4, patch)
             for b in range(4):  # B^T down each column of the patch
                 if inside:
                     d0, d1, d2, d3 = x[img, ih0, iw0 + b], x[img, ih0 + 1, iw0 + b], x[img, ih0 + 2, iw0 + b], \
@@ -328,16 +335,7 @@ def _winograd4_input(x, v, ph, pw, th, tw, g0, g1):
                          x[img, ih0 + 3, iw0 + b], x[img, ih0 + 4, iw0 + b], x[img, ih0 + 5, iw0 + b],
                          half[b], half[6 + b], half[12 + b], half[18 + b], half[24 + b], half[30 + b])
             else:  # of a copy with zeros for padding
-                for a in range(6):
-                    for b in range(6):
-                        d = patch[a * 6 + b]
-                        if ih0 + a < 0 or ih0 + a >= h or iw0 + b < 0 or iw0 + b >= w:
-                            for k in range(c):
-                                d[k] = 0
-                        else:
-                            src = x[img, ih0 + a, iw0 + b]
-                            for k in range(c):
-                                d[k] = src[k]
+                _padded_patch(x, img, ih0, iw0, 6, patch)
                 for b in range(6):
                     _bt6(patch[b], patch[6 + b], patch[12 + b], patch[18 + b], patch[24 + b], patch[30 + b],
                          half[b], half[6 + b], half[12 + b], half[18 + b], half[24 + b], half[30 + b])
