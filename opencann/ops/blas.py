@@ -164,6 +164,21 @@ def set_num_threads(n: int) -> None:
         lib.MKL_Set_Num_Threads(1 if _state.get("forked") else n)
 
 
+class OneThread:
+    """MKL on one thread for the calling thread while the block runs, then its previous count: for kernels
+    whose products are small or L2-sized (a second thread costs more than it gains, and on a busy machine its
+    barriers wait for a descheduled worker: an LSTM's per-step products, a convolution's image groups)."""
+
+    def __enter__(self):
+        lib = library()
+        self.lib, self.previous = lib, (lib.MKL_Set_Num_Threads_Local(1) if lib is not None else 0)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lib is not None:
+            self.lib.MKL_Set_Num_Threads_Local(self.previous)
+
+
 def constant(*arrays) -> None:
     """Declare float32 arrays that never change again, a model's weights: products with one of them as ``b`` then use
     a copy packed once into MKL's layout or a row-major copy (faster; one more copy of the weight in memory, dropped

@@ -348,17 +348,6 @@ def _gemm_for(batch: int):
     return (blas.sgemm_address() or None) if batch >= _GEMM_BATCH else None
 
 
-def _on_one_thread(fn, *args):
-    """``fn(*args)`` with MKL on one thread in this thread (per-step products are too small to share; threads waiting
-    on each other at every step made a batch-32 LSTM over 2x slower on a busy 2-core machine)."""
-    threads = blas.library().MKL_Set_Num_Threads_Local
-    previous = threads(1)
-    try:
-        return fn(*args)
-    finally:
-        threads(previous)
-
-
 def _drive(op_name: str, gates: int, run, X, W, R, B, sequence_lens, initial_states, *, hidden_size, direction,
            layout):
     """The reference driver's semantics (see :func:`opencann.ops.rnn._run`) with less Python per call: Y and
@@ -463,7 +452,8 @@ def _lstm_recur(gemm, xw, rt, bias, p, h, c, lens, reverse, params, input_forget
     if gemm is None:
         _lstm_seq(xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
     else:
-        _on_one_thread(_lstm_seq_gemm, gemm, xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
+        with blas.OneThread():
+            _lstm_seq_gemm(gemm, xw, rt, bias, p, h, c, lens, reverse, *params, input_forget, y, d)
 
 
 def _plain(X, W, R, B, initial_h, initial_c, layout) -> bool:
@@ -506,7 +496,8 @@ def _plain_lstm(gemm, X, W, R, B, initial_h, initial_c, hidden: int):
         _lstm_plain_seq(xw, rt, bias, h[0], c[0], y)
     else:
         xw += bias
-        _on_one_thread(_lstm_plain_seq_gemm, gemm, xw, rt, h[0], c[0], y)
+        with blas.OneThread():
+            _lstm_plain_seq_gemm(gemm, xw, rt, h[0], c[0], y)
     return y, h, c
 
 
@@ -637,7 +628,8 @@ def embedding_lstm(tokens, table, RT, initial_h=None, initial_c=None, *, batch_m
     if gemm is None:
         ok = _embedding_lstm_seq(tokens, bool(batch_major), table, RT, h, c, y)
     else:
-        ok = _on_one_thread(_embedding_lstm_seq_gemm, gemm, tokens, bool(batch_major), table, RT, h, c, y)
+        with blas.OneThread():
+            ok = _embedding_lstm_seq_gemm(gemm, tokens, bool(batch_major), table, RT, h, c, y)
     if not ok:
         raise _bad_token(table.shape[0])
     return (y, h[0], c[0]) if squeeze else (y, h, c)

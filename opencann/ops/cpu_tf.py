@@ -19,9 +19,9 @@ float64-accumulated passes and normalizes in one. Stateless uniform floats run P
 bit the reference's (and TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...)
 compute the new variable and slots in one Numba pass, element by element in the reference's float32 operation
 order, instead of a NumPy temporary per operation. The Numba kernels are serial (one thread), and so are the
-convolutions' GEMMs (:class:`_OneBlasThread`: MKL at 2 threads made these L2-sized products 1.3x slower, the
-filter gradient's 7x, on a shared 2-core machine); their groups of images are independent (but for the filter
-gradient's sum) and would parallelise well.
+convolutions' GEMMs (:class:`opencann.ops.blas.OneThread`: MKL at 2 threads made these L2-sized products
+1.3x slower, the filter gradient's 7x, on a shared 2-core machine); their groups of images are independent (but
+for the filter gradient's sum) and would parallelise well.
 """
 from __future__ import annotations
 
@@ -285,20 +285,6 @@ def _channel_sums(x, out):
         out[ch] = total[ch]
 
 
-class _OneBlasThread:
-    """MKL on one thread for this thread while the block runs (each GEMM of a conv is one L2-sized group of
-    images: a second MKL thread costs more than it gains, and splitting the filter gradient's long reduction
-    waited ~3 ms per call at a barrier when GNU OpenMP's idle workers sleep early, as under ``StepThreads``)."""
-
-    def __enter__(self):
-        lib = blas.library()
-        self.lib, self.prev = lib, (lib.MKL_Set_Num_Threads_Local(1) if lib is not None else 0)
-
-    def __exit__(self, *exc):
-        if self.lib is not None:
-            self.lib.MKL_Set_Num_Threads_Local(self.prev)
-
-
 # --- dispatch -------------------------------------------------------------------------------------
 
 def _conv_plan(in_shape, filter_shape, dy, strides, padding, explicit_paddings, dilations, data_format, depthwise):
@@ -358,7 +344,7 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
     last = tf_nn._last(data_format)
     y = out if last and _fits(out, (n, ho, wo, m), input, filter) else np.empty((n, ho, wo, m), F32)
     w2 = np.ascontiguousarray(filter).reshape(k, m)
-    with _OneBlasThread():
+    with blas.OneThread():
         for b0, b1 in _tiles(n, ho * wo * k):
             cols, tap_major = _windows(x, geom, k, b0, b1)
             sgemm(cols, w2, y[b0:b1].reshape(-1, m), trans_a=tap_major)
@@ -397,7 +383,7 @@ def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), paddi
     x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
     k, m = sizes[0] * sizes[1] * sizes[2], dy.shape[-1]
     dw = np.zeros((k, m), F32)  # an empty batch has no tiles
-    with _OneBlasThread():
+    with blas.OneThread():
         for i, (b0, b1) in enumerate(_tiles(dy.shape[0], geom[8] * geom[9] * k)):
             cols, tap_major = _windows(x, geom, k, b0, b1)
             sgemm(cols, dy[b0:b1].reshape(-1, m), dw, trans_a=not tap_major, beta=float(i > 0))
@@ -418,7 +404,7 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     m = dy.shape[-1]
     w = np.ascontiguousarray(filter).reshape(-1, m)  # (kh * kw * C, M)
     dx = np.empty(x_last, F32)
-    with _OneBlasThread():
+    with blas.OneThread():
         for b0, b1 in _tiles(dy.shape[0], geom[8] * geom[9] * w.shape[0]):
             cols = _scratch((b1 - b0) * geom[8] * geom[9] * w.shape[0]).reshape(-1, w.shape[0])
             sgemm(dy[b0:b1].reshape(-1, m), w, out=cols, trans_b=True)
