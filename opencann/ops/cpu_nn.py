@@ -450,13 +450,15 @@ def _bind_gemm(alpha=1.0, beta=1.0, transA=0, transB=0, activation="none", broad
     code = ACTIVATIONS.index(activation) if activation in ACTIVATIONS[:-1] else -1
     row = beta == 1.0 and not transA and broadcast and code >= 0
     trans_b, bare, alpha = int(bool(transB)), alpha == 1.0 and code == 0, float(alpha)
-    memo = [None, None, (), 0, 0, 0]  # the last b and c, (fn, b, trans_b) called with, k, n, least rows
+    memo = [(None, None, (), 0, 0, 0)]  # one tuple, replaced whole (concurrent runs read a consistent one): the
+    # last b and c, (fn, b, trans_b) called with, k, n, least rows
 
     def run(a, b, c=None, out=None):
-        if b is memo[0] and c is memo[1] and type(a) is np.ndarray and a.dtype == F32 and a.ndim == 2 \
-                and a.shape[1] == memo[3] and a.shape[0] >= memo[5] and a.flags.c_contiguous:
-            y = output_buffer(out, (a.shape[0], memo[4]))
-            fn, bb, tb = memo[2]
+        last = memo[0]
+        if b is last[0] and c is last[1] and type(a) is np.ndarray and a.dtype == F32 and a.ndim == 2 \
+                and a.shape[1] == last[3] and a.shape[0] >= last[5] and a.flags.c_contiguous:
+            y = output_buffer(out, (a.shape[0], last[4]))
+            fn, bb, tb = last[2]
             _gemm_act(fn, a, bb, tb, y, _NO_BIAS if c is None else c, alpha, code)
             return y
         if row and type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype == F32 \
@@ -467,7 +469,7 @@ def _bind_gemm(alpha=1.0, beta=1.0, transA=0, transB=0, activation="none", broad
             called = _compiled_gemm(a, b, trans_b, y, _NO_BIAS if c is None else c, alpha, code)
             if called:
                 k, n = a.shape[1], y.shape[1]
-                memo[:] = b, c, called, k, n, n if n * k >= blas.PACK_MIN else 1
+                memo[0] = (b, c, called, k, n, n if n * k >= blas.PACK_MIN else 1)
                 return y
             sgemm(a, b, y, trans_b=trans_b)
             if c is not None or not bare:
