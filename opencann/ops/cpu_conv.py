@@ -266,12 +266,29 @@ def _winograd_input(x, v, ph, pw, th, tw, g0, g1):
                      v[t, 4 * a + 2], v[t, 4 * a + 3])
 
 
+@numba.njit(inline="always")
+def _store_tile(o, y, bias, res, has_res, img, ti, tj, size, code, a, b):
+    """``y``'s ``size`` x ``size`` output tile ``(ti, tj)`` of image ``img`` = ``act(o + bias + res)`` (``o`` row-major,
+    one channel vector an output), outputs past the edge dropped."""
+    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    for r in range(min(size, ho - size * ti)):
+        for q in range(min(size, wo - size * tj)):
+            oh, ow = size * ti + r, size * tj + q
+            src, out, rr = o[size * r + q], y[img, oh, ow], res[img, oh, ow]
+            if has_res:
+                for k in range(m):
+                    out[k] = act(src[k] + bias[k] + rr[k], code, a, b)
+            else:
+                for k in range(m):
+                    out[k] = act(src[k] + bias[k], code, a, b)
+
+
 @numba.njit(cache=True, error_model="numpy", boundscheck=False)
 def _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
     """Winograd F(2x2, 3x3) output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (tiles, 16, M)`` into
     the channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3; see :func:`act`), outputs
     past the edge dropped."""
-    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    m = y.shape[3]
     s = np.empty((8, m), np.float32)
     o = np.empty((4, m), np.float32)
     for g in range(g0, g1):
@@ -282,15 +299,7 @@ def _winograd_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
                 _at4(mo[t, col], mo[t, 4 + col], mo[t, 8 + col], mo[t, 12 + col], s[col], s[4 + col])
             for r in range(2):  # then along each row
                 _at4(s[4 * r], s[4 * r + 1], s[4 * r + 2], s[4 * r + 3], o[2 * r], o[2 * r + 1])
-            for r in range(min(2, ho - 2 * ti)):
-                for q in range(min(2, wo - 2 * tj)):
-                    src, out, rr = o[2 * r + q], y[img, 2 * ti + r, 2 * tj + q], res[img, 2 * ti + r, 2 * tj + q]
-                    if has_res:
-                        for k in range(m):
-                            out[k] = act(src[k] + bias[k] + rr[k], code, a, b)
-                    else:
-                        for k in range(m):
-                            out[k] = act(src[k] + bias[k], code, a, b)
+            _store_tile(o, y, bias, res, has_res, img, ti, tj, 2, code, a, b)
 
 
 @numba.njit(inline="always")
@@ -351,7 +360,7 @@ def _winograd4_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
     """Winograd F(4x4, 3x3) output transform ``A^T m A`` of tile rows ``[g0, g1)`` from ``mo (tiles, 36, M)`` into
     the channels-last ``y (N, ho, wo, M)``, with ``act(... + bias + res)`` (codes 1-3), outputs past the edge
     dropped."""
-    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    m = y.shape[3]
     s = np.empty((24, m), np.float32)
     o = np.empty((16, m), np.float32)
     for g in range(g0, g1):
@@ -364,15 +373,7 @@ def _winograd4_output(mo, y, bias, res, has_res, th, tw, g0, g1, code, a, b):
             for r in range(4):  # then along each row
                 _at6(s[6 * r], s[6 * r + 1], s[6 * r + 2], s[6 * r + 3], s[6 * r + 4], s[6 * r + 5],
                      o[4 * r], o[4 * r + 1], o[4 * r + 2], o[4 * r + 3])
-            for r in range(min(4, ho - 4 * ti)):
-                for q in range(min(4, wo - 4 * tj)):
-                    src, out, rr = o[4 * r + q], y[img, 4 * ti + r, 4 * tj + q], res[img, 4 * ti + r, 4 * tj + q]
-                    if has_res:
-                        for k in range(m):
-                            out[k] = act(src[k] + bias[k] + rr[k], code, a, b)
-                    else:
-                        for k in range(m):
-                            out[k] = act(src[k] + bias[k], code, a, b)
+            _store_tile(o, y, bias, res, has_res, img, ti, tj, 4, code, a, b)
 
 
 @numba.njit(cache=True)
