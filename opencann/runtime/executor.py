@@ -287,8 +287,7 @@ class Plan:
         except AclError:
             raise
         except Exception as exc:
-            raise AclError(ErrorCode.INTERNAL_ERROR,
-                           f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+            raise _failed(step, exc) from exc
         finally:
             if arena is not None:
                 vals.clear()
@@ -416,8 +415,7 @@ class Subgraph:
             except AclError:
                 raise
             except Exception as exc:
-                raise AclError(ErrorCode.INTERNAL_ERROR,
-                               f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+                raise _failed(step, exc) from exc
             return fetch_outputs(vals)
 
         return run
@@ -429,8 +427,12 @@ def _call(step: Step, fn: Any) -> Any:
     except AclError:
         raise
     except Exception as exc:
-        raise AclError(ErrorCode.INTERNAL_ERROR,
-                       f"node {step.node.label} failed: {type(exc).__name__}: {exc}") from exc
+        raise _failed(step, exc) from exc
+
+
+def _failed(step: Step, exc: Exception) -> AclError:
+    """The error that reports a kernel's failure at ``step``'s node."""
+    return AclError(ErrorCode.INTERNAL_ERROR, f"node {step.node.label} failed: {type(exc).__name__}: {exc}")
 
 
 def _bind(fn: Any, attrs: dict[str, Any]) -> Any:
