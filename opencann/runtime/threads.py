@@ -1,4 +1,5 @@
-"""How many threads opencann's kernels use: the BLAS pools (MKL and OpenBLAS: GEMM, convolutions) and Numba's pool.
+"""How many threads opencann's kernels use: the BLAS pools (MKL and OpenBLAS: GEMM, convolutions), Numba's pool
+and opencann's own workers (:mod:`opencann.runtime.workers`, kernels that split their work into pieces).
 
 ``set_num_threads(n)`` applies at once to the whole process, independently of any model's build options;
 ``OPENCANN_NUM_THREADS=n`` in the environment does the same when opencann's runtime is first imported.
@@ -18,7 +19,7 @@ _requested = None  # the last count set (MKL, loaded at first use, applies it th
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (>= 1) in BLAS and Numba kernels from now on."""
+    """Use ``n`` threads (>= 1) in BLAS, Numba and opencann's split kernels from now on."""
     global _limits, _requested
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise AclError(ErrorCode.INVALID_PARAM, f"set_num_threads: want a positive int, got {n!r}")
@@ -26,8 +27,10 @@ def set_num_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     from opencann.ops import blas
+    from opencann.runtime import workers
 
     _requested = n
+    workers.set_size(n)
     _limits = threadpool_limits(limits=n, user_api="blas")
     blas.set_num_threads(n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -10,8 +10,8 @@ callbacks, checkpoints and other functions see TensorFlow's variables exactly as
 step. Each direction is one call into TF's executor for all variables (:class:`VariableIO`) and avoids
 copies: a read is a read-only view of TF's buffer (TF copies on its next write while the view lives); a
 write hands TF the new array, which TF adopts without copying when aligned — so only arrays that nothing
-else holds are handed over (:func:`handoff`). While a step runs, BLAS and Numba use the adapter's
-thread count (:class:`StepThreads`), as TensorFlow's own pools are idle then.
+else holds are handed over (:func:`handoff`). While a step runs, opencann's kernels split their work over the
+adapter's thread count and the libraries run one thread (:class:`StepThreads`); TensorFlow's pools idle then.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.importer import Context, build_graph, convert_ops, tensor_type
 from opencann.ops.tf_ops import ALIGNMENT, pooled
+from opencann.runtime import workers
 from opencann.runtime.executor import Executor
 
 
@@ -272,16 +273,12 @@ def eager() -> _Eager:
     return _eager
 
 
-SPIN_COUNT = "1000"  # GNU OpenMP's busy-wait iterations before an idle worker sleeps (its default, 300,000: ~3.5 ms)
-
-
 class StepThreads:
-    """Sets MKL (for the calling thread) and Numba to ``n`` threads while a step runs (TensorFlow's pools idle
-    meanwhile), then restores them. OpenBLAS, which only does the small products where MKL is loaded, runs one
-    thread: its idle workers spin for tens of milliseconds after each call, taking the other core from every
-    kernel and from TF (a 2-thread MLP step cost 40-70 ms of CPU instead of 1.3). For ``n > 1``, GNU OpenMP (MKL's
-    and Numba's pool) is set to spin briefly, where it is not loaded yet and the environment does not say
-    (``GOMP_SPINCOUNT``, ``OMP_WAIT_POLICY``): by default its worker spins ~3.5 ms after each parallel region."""
+    """While a step runs (TensorFlow's pools idle meanwhile), opencann's own workers split kernels over ``n``
+    threads (:mod:`opencann.runtime.workers`) and the libraries run one thread each: MKL for the calling thread,
+    Numba, and OpenBLAS. Their pools meet at barriers that wait for a descheduled worker on a busy machine, and
+    their idle workers spin (OpenBLAS's for tens of milliseconds after each call, GNU OpenMP's ~3.5 ms), taking
+    the other core from every kernel and from TF; the workers claim pieces one at a time and sleep when idle."""
 
     def __init__(self, n: int):
         import numba
@@ -289,30 +286,29 @@ class StepThreads:
 
         from opencann.ops import blas
 
-        if n > 1 and "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ:
-            os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT  # read when libgomp loads (with MKL, just below)
         self.n = n
         self.libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
                      if lib.internal_api != "mkl"]
         self.mkl = blas.library()  # loaded now: its count is set per step, for this thread only
-        self.blas_n = n if self.mkl is None else 1  # OpenBLAS: the GEMM engine only where MKL is missing
         self.numba = numba
         self.saved: list[int] = []
 
     def __enter__(self):
-        self.saved = [lib.num_threads for lib in self.libs] + [self.numba.get_num_threads()]
+        self.saved = [lib.num_threads for lib in self.libs] + [self.numba.get_num_threads(), workers.size()]
         for lib in self.libs:
-            lib.set_num_threads(self.blas_n)
+            lib.set_num_threads(1)
         if self.mkl is not None:
-            self.mkl.MKL_Set_Num_Threads_Local(self.n)
-        self.numba.set_num_threads(min(self.n, self.numba.config.NUMBA_NUM_THREADS))
+            self.mkl.MKL_Set_Num_Threads_Local(1)
+        self.numba.set_num_threads(1)
+        workers.set_size(self.n)
 
     def __exit__(self, *exc):
         for lib, n in zip(self.libs, self.saved):
             lib.set_num_threads(n)
         if self.mkl is not None:
             self.mkl.MKL_Set_Num_Threads_Local(0)  # back to the process-wide count
-        self.numba.set_num_threads(self.saved[-1])
+        self.numba.set_num_threads(self.saved[-2])
+        workers.set_size(self.saved[-1])
 
 
 def _tf_dtype(dtype: np.dtype):
