@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from opencann.ops.tf_control import truth_value
-from tests.tf.harness import assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
+from tests.tf.harness import StepLosses, assert_losses_match, assert_weights_match, fit_both, keras, oc, tf
 
 VOCAB, STEPS = 50, 12
 
@@ -32,7 +32,7 @@ def classifier(rnn, bidirectional: bool):
 
 
 @pytest.mark.parametrize(("make", "cells"), [
-    (classifier(keras.layers.LSTM, True), {"LSTMCellForward", "LSTMCellBackward"}),
+    (classifier(keras.layers.LSTM, True), {"LSTMSequenceForward", "LSTMSequenceBackward"}),
     (classifier(keras.layers.GRU, False), {"FusedElementwise"})], ids=["bidirectional_lstm", "gru"])
 def test_recurrent_classifier_fit_evaluate_predict_match_tensorflow(make, cells):
     x, y = tokens()
@@ -40,8 +40,9 @@ def test_recurrent_classifier_fit_evaluate_predict_match_tensorflow(make, cells)
     assert_losses_match(tf_losses, oc_losses)
     assert_weights_match(tf_model, oc_model)
     assert adapter.executions >= len(oc_losses)
-    bodies = [n.attrs["body"] for p in adapter.programs.values() for n in p.executor.plan.graph.nodes if n.op == "Loop"]
-    assert cells <= {n.op for body in bodies for n in body.nodes}  # the cells (LSTM: and their gradients), fused
+    nodes = [n for p in adapter.programs.values() for n in p.executor.plan.graph.nodes]
+    ops = {n.op for n in nodes} | {b.op for n in nodes if n.op == "Loop" for b in n.attrs["body"].nodes}
+    assert cells <= ops  # the cells (GRU: in the loop bodies), LSTM: whole loops (forward and gradient), fused
 
     expected = tf_model.evaluate(x, y, batch_size=40, verbose=0), tf_model.predict(x, batch_size=40, verbose=0)
     adapter = oc.enable()
@@ -49,6 +50,46 @@ def test_recurrent_classifier_fit_evaluate_predict_match_tensorflow(make, cells)
     assert adapter.executions >= 8  # 4 evaluation and 4 prediction batches ran on opencann
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5)
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+def train_on_opencann(make, x, y):
+    """(per-step losses, final weights, the adapter) of one epoch on opencann."""
+    keras.utils.set_random_seed(0)
+    model = make()
+    adapter = oc.enable()
+    try:
+        cb = StepLosses()
+        model.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0, callbacks=[cb])
+    finally:
+        oc.disable()
+    ops = {n.op for p in adapter.programs.values() for n in p.executor.plan.graph.nodes}
+    return cb.losses, [w.numpy() for w in model.weights], ops
+
+
+@pytest.mark.parametrize("sequences", [False, True], ids=["last", "sequences"])
+def test_lstm_loops_as_one_node_each_are_bit_identical_to_cell_by_cell(monkeypatch, sequences):
+    import opencann.ops.cpu_rnn_loops as loops
+    from opencann.compiler.passes import fuse_rnn_loops
+
+    def make():
+        layers = [keras.Input((STEPS,), dtype="int32"), keras.layers.Embedding(VOCAB, 8),
+                  keras.layers.LSTM(6, return_sequences=sequences)]
+        m = keras.Sequential(layers + [keras.layers.GlobalAveragePooling1D()] * sequences +
+                             [keras.layers.Dense(1, activation="sigmoid")])
+        m.compile(optimizer=keras.optimizers.RMSprop(0.01), loss="binary_crossentropy")
+        return m
+
+    x, y = tokens(64)
+    fallbacks, plain = [], loops.loop
+    monkeypatch.setattr(loops, "loop", lambda *a, **k: fallbacks.append(1) or plain(*a, **k))
+    losses, weights, ops = train_on_opencann(make, x, y)
+    assert {"LSTMSequenceForward", "LSTMSequenceBackward"} <= ops and "Loop" not in ops and not fallbacks
+    monkeypatch.setattr(fuse_rnn_loops, "fuse_lstm_loops", lambda graph: graph)
+    cell_losses, cell_weights, ops = train_on_opencann(make, x, y)
+    assert "Loop" in ops and "LSTMSequenceForward" not in ops
+    assert losses == cell_losses
+    for a, b in zip(weights, cell_weights, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def run_both(fn, args, variables=()):

@@ -8,6 +8,9 @@ replaces each such group by one ``opencann::LSTMCellForward`` / ``opencann::LSTM
 output is unified with the LSTM formulas (commutative Add/Mul in either order), so any input order matches and
 any other arithmetic (other activations, peepholes, clipping) is left alone. Every value the removed nodes
 produced is read only inside the group, except the fused groups' outputs, which the new node produces.
+:func:`fuse_lstm_loops` then turns each ``Loop`` whose body is such a cell and list bookkeeping only
+(:func:`opencann.ops.cpu_rnn_loops.analyse`) into ``opencann::LSTMSequenceForward`` / ``LSTMSequenceBackward``:
+the same node with a kernel that runs every step in one call.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
+from opencann.ops.cpu_rnn_loops import analyse
 from opencann.ops.cpu_rnn_train import FORWARD_ROLES
 
 F32 = np.dtype(np.float32)
@@ -57,6 +61,17 @@ def fuse_lstm_cells(graph: Graph) -> Graph:
             changed |= _fuse_forward(graph, node) or _fuse_backward(graph, node)
     if changed:
         graph.toposort()
+    return fuse_lstm_loops(graph)
+
+
+def fuse_lstm_loops(graph: Graph) -> Graph:
+    """The ``Loop`` nodes of ``graph`` whose bodies are a fused LSTM cell (or its gradient) and bookkeeping become
+    ``opencann::LSTMSequenceForward`` / ``LSTMSequenceBackward`` nodes (same inputs, outputs and body), in place."""
+    for node in graph.nodes:
+        spec = analyse(node.attrs["body"]) if node.op == "Loop" and not node.domain and "body" in node.attrs else None
+        if spec is not None:
+            node.op = "LSTMSequenceForward" if spec["kind"] == "LSTMCellForward" else "LSTMSequenceBackward"
+            node.domain = "opencann"
     return graph
 
 
