@@ -1,12 +1,14 @@
 """The fast CPU kernels of TF training ops (:mod:`opencann.ops.cpu_tf`) against the NumPy reference kernels
 (:mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops`): the CNN benchmark's shapes and the edge cases
-(few and many channels, strides, dilations, SAME/VALID/EXPLICIT padding, NCHW, planned outputs)."""
+(few and many channels, strides, dilations, SAME/VALID/EXPLICIT padding, NCHW, planned outputs), and the same
+results, bit for bit, from their pieces on two threads (``workers``) as on one."""
 import numpy as np
 import pytest
 
 from opencann.compiler.ir import Node, TensorType, Value
 from opencann.compiler.passes.shape_inference import infer_node
-from opencann.ops import blas, cpu_tf, tf_nn, tf_ops, tf_stateless
+from opencann.ops import blas, cpu_tf, tf_nn, tf_ops, tf_stateless, tf_training
+from opencann.runtime import workers
 
 RNG = np.random.default_rng(0)
 
@@ -174,8 +176,8 @@ def test_conv_gemms_run_on_one_mkl_thread_and_restore_the_count(monkeypatch):
     lib = blas.library()
     if lib is None:
         pytest.skip("MKL is not loaded")
-    seen, real = [], cpu_tf.sgemm
-    monkeypatch.setattr(cpu_tf, "sgemm", lambda *a, **k: (seen.append(lib.MKL_Get_Max_Threads()), real(*a, **k)))
+    seen, real = [], cpu_tf._scratch  # each group of images takes its scratch right before its product
+    monkeypatch.setattr(cpu_tf, "_scratch", lambda size: (seen.append(lib.MKL_Get_Max_Threads()), real(size))[1])
     x, w, dy = operands("second_layer")
     prev = lib.MKL_Set_Num_Threads_Local(2)
     try:
@@ -259,3 +261,86 @@ def test_empty_batches_and_outputs():
     small = np.ones((2, 2, 2, 3), np.float32)  # VALID windows larger than the image: no outputs
     assert cpu_tf.tf_conv(small, w, strides=[1, 1, 1, 1], padding="VALID").shape == (2, 0, 0, 4)
     assert tf_nn.tf_conv(small, w, strides=[1, 1, 1, 1], padding="VALID").shape == (2, 0, 0, 4)
+
+
+@pytest.fixture
+def two_workers():
+    before = workers.size()
+    workers.set_size(2)
+    yield
+    workers.set_size(before)
+
+
+def on_one_and_two_threads(fn):
+    """``fn()``'s result, asserted bit for bit the same on one thread as on two (the fixture's)."""
+    workers.set_size(1)
+    try:
+        one = fn()
+    finally:
+        workers.set_size(2)
+    two = fn()
+    for a, b in zip(*((r if isinstance(r, tuple) else (r,)) for r in (one, two)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    return two
+
+
+@pytest.mark.parametrize("case", ["first_layer", "second_layer"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba_gemm", "python_sgemm"])
+def test_conv_pieces_on_two_threads_match_one_and_the_reference(case, compiled, two_workers, monkeypatch):
+    """Each group of images in one compiled call (MKL's sgemm from Numba), or, without MKL's address, the windows
+    and the product called from Python."""
+    if not compiled:
+        monkeypatch.setattr(blas, "sgemm_address", lambda: 0)
+    x, w, dy = operands(case)
+    kw, sizes, shape = attrs(case), np.array(w.shape, np.int32), np.array(x.shape, np.int32)
+    per_image = dy.shape[1] * dy.shape[2] * w[..., 0].size
+    assert len(cpu_tf._tiles(len(x), per_image)) > 2  # the work is split
+    close(on_one_and_two_threads(lambda: cpu_tf.tf_conv(x, w, **kw)), tf_nn.tf_conv(x, w, **kw))
+    close(on_one_and_two_threads(lambda: cpu_tf.conv_backprop_filter(x, sizes, dy, **kw)),
+          tf_nn.conv_backprop_filter(x, sizes, dy, **kw))
+    close(on_one_and_two_threads(lambda: cpu_tf.conv_backprop_input(shape, w, dy, **kw)),
+          tf_nn.conv_backprop_input(shape, w, dy, **kw))
+
+
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 2)])
+def test_pool_bias_and_relu_grad_pieces_on_two_threads_match_one(k, s, two_workers):
+    x = np.round(RNG.standard_normal((64, 26, 26, 16)), 1).astype(np.float32)
+    assert len(cpu_tf._images(x)) > 1
+    kw = dict(ksize=[1, k, k, 1], strides=[1, s, s, 1], padding="SAME")
+    y = on_one_and_two_threads(lambda: cpu_tf.tf_max_pool(x, **kw))
+    np.testing.assert_array_equal(y, tf_nn.tf_max_pool(x, **kw))
+    g = RNG.standard_normal(y.shape).astype(np.float32)
+    close(on_one_and_two_threads(lambda: cpu_tf.max_pool_grad(x, y, g, relu=1, **kw)),
+          tf_ops.relu_grad(tf_nn.max_pool_grad(x, y, g, **kw), x))
+    exact = x.astype(np.float64).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(on_one_and_two_threads(lambda: cpu_tf.bias_add_grad(x)), exact, rtol=1e-5, atol=1e-3)
+    close(on_one_and_two_threads(lambda: cpu_tf.relu_grad(g, y)), tf_ops.relu_grad(g, y), 0)
+
+
+def test_batch_norm_pieces_on_two_threads_match_one_and_the_reference(two_workers):
+    x = (RNG.standard_normal((32, 26, 26, 32)) * 2 + 1).astype(np.float32)
+    assert len(cpu_tf._rows(32 * 26 * 26, 32)) > 1
+    scale, offset, mean = (RNG.standard_normal(32).astype(np.float32) for _ in range(3))
+    var = RNG.random(32).astype(np.float32) + 0.5
+    got = on_one_and_two_threads(lambda: cpu_tf.fused_batch_norm(x, scale, offset, mean, var, epsilon=1e-3))
+    expected = tf_nn.fused_batch_norm(x, scale, offset, mean, var, epsilon=1e-3)
+    for g, e in zip(got, expected, strict=True):
+        close(g, e, 1e-5)
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    saved = got[3], got[4]
+    grads = on_one_and_two_threads(lambda: cpu_tf.fused_batch_norm_grad(dy, x, scale, *saved, epsilon=1e-3))
+    for g, e in zip(grads, tf_nn.fused_batch_norm_grad(dy, x, scale, *saved, epsilon=1e-3), strict=True):
+        close(g, e)
+
+
+@pytest.mark.parametrize("name, slots, before, after", [
+    ("apply_momentum", 1, [0.1], [0.9]), ("apply_keras_momentum", 1, [0.1], [0.9]),
+    ("apply_adam", 2, [0.5, 0.25, 1e-3, 0.9, 0.999, 1e-7], []), ("apply_rms_prop", 2, [1e-3, 0.9, 0.5, 1e-7], [])])
+def test_optimizer_update_pieces_on_two_threads_match_one_and_the_reference(name, slots, before, after, two_workers):
+    """Arguments: the variable, its slots, the scalars before the gradient, the gradient, the scalars after."""
+    n = 3 * cpu_tf.STREAM_ELEMENTS + 5  # three blocks, the last shorter
+    var, *rest, grad = (RNG.random(n).astype(np.float32) for _ in range(slots + 2))
+    args = (var, *rest, *map(np.float32, before), grad, *map(np.float32, after))
+    got = on_one_and_two_threads(lambda: getattr(cpu_tf, name)(*args))
+    for g, e in zip(got, getattr(tf_training, name)(*args), strict=True):
+        close(g, e, 1e-6)

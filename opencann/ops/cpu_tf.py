@@ -18,10 +18,14 @@ blocks of rows in float32 and the blocks in float64; fused batch norm takes per-
 float64-accumulated passes and normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for
 bit the reference's (and TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...)
 compute the new variable and slots in one Numba pass, element by element in the reference's float32 operation
-order, instead of a NumPy temporary per operation. The Numba kernels are serial (one thread), and so are the
-convolutions' GEMMs (:class:`opencann.ops.blas.OneThread`: MKL at 2 threads made these L2-sized products
-1.3x slower, the filter gradient's 7x, on a shared 2-core machine); their groups of images are independent (but
-for the filter gradient's sum) and would parallelise well.
+order, instead of a NumPy temporary per operation.
+
+The kernels split their work into pieces that :func:`opencann.runtime.workers.parallel_for` shares out among
+threads: convolutions by their groups of images (one nogil Numba call each: the windows, then ``cblas_sgemm``
+through :func:`opencann.ops.blas.gemm`, MKL on one thread; the filter gradient adds the groups' products after
+the join), pooling by images, batch norm, BiasAddGrad and the optimizer updates by blocks of rows (sums: float64
+partial sums per piece, added up in piece order after). The pieces depend on the shapes alone, never on the
+thread count, so results are the same, bit for bit, on any number of threads.
 """
 from __future__ import annotations
 
@@ -31,13 +35,17 @@ import numba
 import numpy as np
 
 from opencann.ops import blas, tf_nn, tf_ops, tf_stateless, tf_training
-from opencann.ops.blas import sgemm
+from opencann.ops.blas import gemm, sgemm
 from opencann.ops.registry import kernel
+from opencann.runtime import workers
 
 F32 = np.dtype(np.float32)
 DOMAIN = "opencann"
 FEW_CHANNELS = 4  # at most this many input channels: convolutions gather their windows tap-major
 TILE_ELEMENTS = 1 << 18  # im2col buffer (1 MiB of float32, stays in L2 for the GEMM): larger go by groups of images
+PIECE_ELEMENTS = 1 << 15  # elements of windows or data worth a piece of their own (workers.parallel_for) ...
+STREAM_ELEMENTS = 1 << 18  # ... for light one-pass kernels (pooling, sums, batch norm, the optimizer updates)
+MAX_PIECES = 8  # pieces of a kernel at most (each costs ~3-5 us; 8 share out well among 2 to 4 threads)
 SUM_BLOCK = 256  # rows per float32 partial sum of BiasAddGrad
 FLOAT = 1  # ONNX's float32 type code
 _local = threading.local()
@@ -56,7 +64,7 @@ def _scratch(size: int) -> np.ndarray:
     return buf[:size]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _im2col(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
     """Windows of NHWC ``x`` into rows ``(n, oh, ow)`` x columns ``(i, j, c)``, zeros for padding. (Loops index
     slices by their own counter: LLVM vectorizes those, not offsets computed per element.)"""
@@ -92,7 +100,7 @@ def _im2col(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                 r += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _im2col_taps(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
     """The transpose of :func:`_im2col`, ``cols ((i, j, c), (n, oh, ow))``: runs of ``ow`` (few channels)."""
     n, h, w, c = x.shape
@@ -126,7 +134,7 @@ def _im2col_taps(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                                 d[ow] = src[ow * sw + off]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _col2im(cols, dx, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
     """The adjoint of :func:`_im2col`: scatter-add the columns onto a zeroed NHWC ``dx``."""
     n, h, w, c = dx.shape
@@ -158,7 +166,43 @@ def _col2im(cols, dx, kh, kw, sh, sw, dh, dw, ph, pw, ho, wo):
                 r += 1
 
 
-@numba.njit(cache=True)
+_ONE, _ZERO = np.float32(1), np.float32(0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _conv_group(fn, x, w, y, cols, geom):
+    """A group of images' convolution: ``y (n, ho, wo, m) = windows(x) @ w (k, m)``, the windows gathered into
+    the scratch ``cols``, the product by ``cblas_sgemm`` at ``fn``."""
+    (k, m), rows = w.shape, y.shape[0] * y.shape[1] * y.shape[2]
+    if x.shape[3] <= FEW_CHANNELS:
+        _im2col_taps(x, cols[:k * rows].reshape(k, rows), *geom)
+        gemm(fn, True, False, rows, m, k, _ONE, cols, 0, max(rows, 1), w, 0, m, _ZERO, y, 0, m)
+    else:
+        _im2col(x, cols[:rows * k].reshape(rows, k), *geom)
+        gemm(fn, False, False, rows, m, k, _ONE, cols, 0, k, w, 0, m, _ZERO, y, 0, m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _filter_grad_group(fn, x, dy, part, cols, geom):
+    """A group of images' filter gradient: ``part (k, m) = windows(x).T @ dy (n, ho, wo, m)``."""
+    (k, m), rows = part.shape, dy.shape[0] * dy.shape[1] * dy.shape[2]
+    if x.shape[3] <= FEW_CHANNELS:
+        _im2col_taps(x, cols[:k * rows].reshape(k, rows), *geom)
+        gemm(fn, False, False, k, m, rows, _ONE, cols, 0, max(rows, 1), dy, 0, m, _ZERO, part, 0, m)
+    else:
+        _im2col(x, cols[:rows * k].reshape(rows, k), *geom)
+        gemm(fn, True, False, k, m, rows, _ONE, cols, 0, k, dy, 0, m, _ZERO, part, 0, m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _input_grad_group(fn, dy, w, dx, cols, geom):
+    """A group of images' input gradient: ``dy (n, ho, wo, m) @ w.T`` into ``cols``, scatter-added onto ``dx``."""
+    (k, m), rows = w.shape, dy.shape[0] * dy.shape[1] * dy.shape[2]
+    gemm(fn, False, True, rows, k, m, _ONE, dy, 0, m, w, 0, m, _ZERO, cols, 0, k)
+    _col2im(cols[:rows * k].reshape(rows, k), dx, *geom)
+
+
+@numba.njit(cache=True, nogil=True)
 def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw, relu):
     """Each NHWC window's gradient onto its first (row-major) maximum among the unpadded elements (``relu``: only
     onto a positive maximum, ReluGrad on ``x`` fused)."""
@@ -209,7 +253,7 @@ def _max_pool_grad(x, g, dx, kh, kw, sh, sw, ph, pw, relu):
                             flat[at[ch], ch] += grow[ch]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
     """The maximum of each NHWC window's unpadded elements (-inf for none; NaN wins)."""
     n, h, w, c = x.shape
@@ -232,7 +276,7 @@ def _max_pool(x, y, kh, kw, sh, sw, ph, pw):
                             row[ch] = v if (v > m or v != v) else m
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _max_pool_tiled(x, y, kh, kw):
     """:func:`_max_pool` of windows that tile ``x`` from its origin (no overlap, no padding): the maximum of each
     window's ``kh`` rows first, over runs of ``wo * kw * c`` elements, then of its ``kw`` pixels."""
@@ -262,27 +306,22 @@ def _max_pool_tiled(x, y, kh, kw):
                         out[ch] = a if (a > m or a != a) else m
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _relu_grad(g, f, out):
     for i in range(g.size):
         out[i] = g[i] if f[i] > 0 else 0.0
 
 
-@numba.njit(cache=True)
-def _channel_sums(x, out):
-    """Column sums of ``x (rows, C)``: float32 partial sums over blocks of rows, added up in float64."""
-    total = np.zeros(x.shape[1], np.float64)
-    part = np.empty(x.shape[1], np.float32)
-    for r0 in range(0, x.shape[0], SUM_BLOCK):
+@numba.njit(cache=True, nogil=True)
+def _block_sums(x, parts):
+    """Column sums of each block of ``SUM_BLOCK`` rows of ``x (rows, C)`` in float32, into ``parts (blocks, C)``."""
+    for blk in range(parts.shape[0]):
+        part = parts[blk]
         part[:] = 0.0
-        for r in range(r0, min(r0 + SUM_BLOCK, x.shape[0])):
+        for r in range(blk * SUM_BLOCK, min((blk + 1) * SUM_BLOCK, x.shape[0])):
             row = x[r]
             for ch in range(x.shape[1]):
                 part[ch] += row[ch]
-        for ch in range(x.shape[1]):
-            total[ch] += part[ch]
-    for ch in range(x.shape[1]):
-        out[ch] = total[ch]
 
 
 # --- dispatch -------------------------------------------------------------------------------------
@@ -301,12 +340,56 @@ def _conv_plan(in_shape, filter_shape, dy, strides, padding, explicit_paddings, 
     return np.ascontiguousarray(dy_l), tuple(x_last), geom
 
 
+def _spans(count: int, pieces: int, align: int = 1) -> list[tuple[int, int]]:
+    """``range(count)`` as up to ``pieces`` ranges ``[a, b)`` of even sizes starting at multiples of ``align``."""
+    size = max(-(-count // max(pieces, 1)), 1)
+    step = -(-size // align) * align
+    return [(a, min(a + step, count)) for a in range(0, count, step)]
+
+
 def _tiles(n: int, per_image: int) -> list[tuple[int, int]]:
-    """Groups of whole images ``[b0, b1)`` of even sizes whose windows fit ``TILE_ELEMENTS`` (at least one image
-    each)."""
-    groups = -(-n // max(1, TILE_ELEMENTS // max(per_image, 1)))
-    step = max(1, -(-n // max(groups, 1)))
-    return [(b, min(b + step, n)) for b in range(0, n, step)]
+    """Groups of whole images ``[b0, b1)`` of even sizes whose windows fit ``TILE_ELEMENTS``, about
+    ``PIECE_ELEMENTS`` each (at least one image; at most ``MAX_PIECES`` unless they must be more to fit): the
+    pieces :func:`workers.parallel_for` shares out. They depend on the shapes alone, never on the thread count,
+    and so do the results."""
+    fit = -(-n // max(1, TILE_ELEMENTS // max(per_image, 1)))
+    return _spans(n, max(fit, min(n, n * per_image // PIECE_ELEMENTS, MAX_PIECES)))
+
+
+def _rows(rows: int, per_row: int, unit: int = STREAM_ELEMENTS, align: int = 1) -> list[tuple[int, int]]:
+    """Ranges of rows of ``per_row`` elements, about ``unit`` elements each (at most ``MAX_PIECES``): pieces for
+    a row-wise kernel."""
+    return _spans(rows, min(rows * per_row // unit, MAX_PIECES), align)
+
+
+def _images(x: np.ndarray, unit: int = STREAM_ELEMENTS) -> list[tuple[int, int]]:
+    """Groups of images of NHWC ``x`` for a per-image kernel's pieces."""
+    return _rows(x.shape[0], x[:1].size, unit)
+
+
+def _each(spans: list[tuple[int, int]], fn) -> None:
+    """``fn(a, b)`` for each span, on :func:`workers.size` threads (a caller whose pieces multiply wraps this in
+    :class:`blas.OneThread`)."""
+    if len(spans) == 1:
+        fn(*spans[0])
+    else:
+        workers.parallel_for(lambda i: fn(*spans[i]), len(spans))
+
+
+def _sums(spans: list[tuple[int, int]], fn, shape: tuple) -> np.ndarray:
+    """The sum of float64 partial results, one per span, added up in span order: ``fn(a, b, part)`` fills ``part``
+    (zeros of ``shape``) for the span ``[a, b)``."""
+    parts = np.zeros((max(len(spans), 1), *shape), np.float64)
+    if len(spans) == 1:
+        fn(*spans[0], parts[0])
+        return parts[0]
+    workers.parallel_for(lambda i: fn(*spans[i], parts[i]), len(spans))
+    return parts.sum(axis=0)
+
+
+def _elementwise(kernel_, arrays, scalars) -> None:
+    """``kernel_(*arrays, *scalars)`` over blocks of the flat ``arrays`` (inputs and outputs alike)."""
+    _each(_rows(arrays[0].size, 1), lambda a, b: kernel_(*(t[a:b] for t in arrays), *scalars))
 
 
 def _windows(x, geom, k: int, b0: int, b1: int) -> tuple[np.ndarray, bool]:
@@ -344,10 +427,16 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
     last = tf_nn._last(data_format)
     y = out if last and _fits(out, (n, ho, wo, m), input, filter) else np.empty((n, ho, wo, m), F32)
     w2 = np.ascontiguousarray(filter).reshape(k, m)
-    with blas.OneThread():
-        for b0, b1 in _tiles(n, ho * wo * k):
+    fn = blas.sgemm_address()
+
+    def piece(b0, b1):
+        if fn:
+            _conv_group(fn, x[b0:b1], w2, y[b0:b1], _scratch((b1 - b0) * ho * wo * k), geom)
+        else:
             cols, tap_major = _windows(x, geom, k, b0, b1)
             sgemm(cols, w2, y[b0:b1].reshape(-1, m), trans_a=tap_major)
+    with blas.OneThread():
+        _each(_tiles(n, ho * wo * k), piece)
     return tf_nn._from_last(y, data_format)
 
 
@@ -363,9 +452,9 @@ def tf_max_pool(input, *, ksize=(), strides=(), padding="VALID", explicit_paddin
     y = out if tf_nn._last(data_format) and _fits(out, shape, input) else np.empty(shape, F32)
     if list(strides_) == list(kernel_) and not any(begin) and ho * kernel_[0] <= x.shape[1] and \
             wo * kernel_[1] <= x.shape[2]:
-        _max_pool_tiled(x, y, *kernel_)
+        _each(_images(x), lambda b0, b1: _max_pool_tiled(x[b0:b1], y[b0:b1], *kernel_))
     else:
-        _max_pool(x, y, *kernel_, *strides_, *begin)
+        _each(_images(x), lambda b0, b1: _max_pool(x[b0:b1], y[b0:b1], *kernel_, *strides_, *begin))
     return tf_nn._from_last(y, data_format)
 
 
@@ -382,12 +471,20 @@ def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), paddi
     dy, _, geom = plan
     x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
     k, m = sizes[0] * sizes[1] * sizes[2], dy.shape[-1]
-    dw = np.zeros((k, m), F32)  # an empty batch has no tiles
-    with blas.OneThread():
-        for i, (b0, b1) in enumerate(_tiles(dy.shape[0], geom[8] * geom[9] * k)):
+    tiles = _tiles(dy.shape[0], geom[8] * geom[9] * k)
+    parts = np.zeros((max(len(tiles), 1), k, m), F32)  # each group's product, added up after (an empty batch: 0)
+    fn = blas.sgemm_address()
+
+    def piece(i):
+        b0, b1 = tiles[i]
+        if fn:
+            _filter_grad_group(fn, x[b0:b1], dy[b0:b1], parts[i], _scratch((b1 - b0) * geom[8] * geom[9] * k), geom)
+        else:
             cols, tap_major = _windows(x, geom, k, b0, b1)
-            sgemm(cols, dy[b0:b1].reshape(-1, m), dw, trans_a=not tap_major, beta=float(i > 0))
-    return dw.reshape(sizes)
+            sgemm(cols, dy[b0:b1].reshape(-1, m), parts[i], trans_a=not tap_major)
+    with blas.OneThread():
+        workers.parallel_for(piece, len(tiles))
+    return (parts[0] if len(parts) == 1 else parts.sum(axis=0)).reshape(sizes)
 
 
 @kernel("ConvBackpropInput", "cpu", domain=DOMAIN)
@@ -404,11 +501,17 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     m = dy.shape[-1]
     w = np.ascontiguousarray(filter).reshape(-1, m)  # (kh * kw * C, M)
     dx = np.empty(x_last, F32)
+    fn = blas.sgemm_address()
+
+    def piece(b0, b1):
+        cols = _scratch((b1 - b0) * geom[8] * geom[9] * w.shape[0])
+        if fn:
+            _input_grad_group(fn, dy[b0:b1], w, dx[b0:b1], cols, geom)
+        else:
+            sgemm(dy[b0:b1].reshape(-1, m), w, out=cols.reshape(-1, w.shape[0]), trans_b=True)
+            _col2im(cols.reshape(-1, w.shape[0]), dx[b0:b1], *geom)
     with blas.OneThread():
-        for b0, b1 in _tiles(dy.shape[0], geom[8] * geom[9] * w.shape[0]):
-            cols = _scratch((b1 - b0) * geom[8] * geom[9] * w.shape[0]).reshape(-1, w.shape[0])
-            sgemm(dy[b0:b1].reshape(-1, m), w, out=cols, trans_b=True)
-            _col2im(cols, dx[b0:b1], *geom)
+        _each(_tiles(dy.shape[0], geom[8] * geom[9] * w.shape[0]), piece)
     return tf_nn._from_last(dx, data_format)
 
 
@@ -423,7 +526,8 @@ def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), paddin
     kernel_, strides_, begin = tf_nn._pool_geometry(x.shape, g, ksize, strides, padding, explicit_paddings,
                                                     data_format)
     dx = np.empty(x.shape, F32)
-    _max_pool_grad(x, g, dx, kernel_[0], kernel_[1], strides_[0], strides_[1], begin[0], begin[1], bool(relu))
+    geom = (kernel_[0], kernel_[1], strides_[0], strides_[1], begin[0], begin[1], bool(relu))
+    _each(_images(x, PIECE_ELEMENTS), lambda b0, b1: _max_pool_grad(x[b0:b1], g[b0:b1], dx[b0:b1], *geom))
     return tf_nn._from_last(dx, data_format)
 
 
@@ -432,8 +536,8 @@ def relu_grad(gradients, features):
     if gradients.dtype != F32 or features.dtype != F32 or gradients.shape != features.shape:
         return tf_ops.relu_grad(gradients, features)
     out = np.empty(gradients.shape, F32)  # a fresh one: in place, LLVM cannot vectorize the select
-    _relu_grad(np.ascontiguousarray(gradients).reshape(-1), np.ascontiguousarray(features).reshape(-1),
-               out.reshape(-1))
+    _elementwise(_relu_grad, [np.ascontiguousarray(gradients).reshape(-1), np.ascontiguousarray(features).reshape(-1),
+                              out.reshape(-1)], ())
     return out
 
 
@@ -441,61 +545,61 @@ def relu_grad(gradients, features):
 def bias_add_grad(grad, *, data_format="NHWC"):
     if grad.dtype != F32 or grad.ndim < 2 or (data_format == "NCHW" and grad.ndim > 2):
         return tf_ops.bias_add_grad(grad, data_format=data_format)
-    out = np.empty(grad.shape[-1], F32)
-    _channel_sums(np.ascontiguousarray(grad).reshape(-1, grad.shape[-1]), out)
-    return out
+    flat = np.ascontiguousarray(grad).reshape(-1, grad.shape[-1])
+    parts = np.zeros((max(-(-flat.shape[0] // SUM_BLOCK), 1), flat.shape[1]), F32)  # float32 sums of blocks
+    _each(_rows(len(parts), flat[:SUM_BLOCK].size),
+          lambda b0, b1: _block_sums(flat[b0 * SUM_BLOCK:b1 * SUM_BLOCK], parts[b0:b1]))
+    return parts.sum(axis=0, dtype=np.float64).astype(F32)  # the blocks added up in order, in float64
 
 
 # --- fused batch normalization -------------------------------------------------------------------
 
-@numba.njit(cache=True)
-def _bn_stats(x, mean, var):
-    """Per-channel mean and biased variance of ``x (rows, C)``: two passes, float64 sums."""
-    rows, c = x.shape
-    total = np.zeros(c, np.float64)
-    for r in range(rows):
-        for ch in range(c):
-            total[ch] += x[r, ch]
-    m = total / max(rows, 1)
-    total[:] = 0.0
-    for r in range(rows):
-        for ch in range(c):
-            d = x[r, ch] - m[ch]
-            total[ch] += d * d
-    for ch in range(c):
-        mean[ch] = m[ch]
-        var[ch] = total[ch] / max(rows, 1)
+@numba.njit(cache=True, nogil=True)
+def _bn_sums(x, mean, total):
+    """Per-channel float64 sums of ``x (rows, C)`` (``mean`` None), else of its squared deviations from ``mean``,
+    added to ``total``."""
+    for r in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            if mean is None:
+                total[ch] += x[r, ch]
+            else:
+                d = x[r, ch] - mean[ch]
+                total[ch] += d * d
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bn_apply(x, mean, mul, offset, y):
     for r in range(x.shape[0]):
         for ch in range(x.shape[1]):
             y[r, ch] = (x[r, ch] - mean[ch]) * mul[ch] + offset[ch]
 
 
-@numba.njit(cache=True)
-def _bn_grad_sums(dy, x, mean, rstd, d_offset, d_scale):
-    """Per-channel sums of ``dy`` and ``dy * xhat`` (float64 accumulators)."""
-    c = x.shape[1]
-    so, ss = np.zeros(c, np.float64), np.zeros(c, np.float64)
+@numba.njit(cache=True, nogil=True)
+def _bn_grad_sums(dy, x, mean, rstd, sums):
+    """Per-channel float64 sums of ``dy`` and ``dy * xhat`` added to ``sums (2, C)``."""
     for r in range(x.shape[0]):
-        for ch in range(c):
+        for ch in range(x.shape[1]):
             g = dy[r, ch]
-            so[ch] += g
-            ss[ch] += g * ((x[r, ch] - mean[ch]) * rstd[ch])
-    for ch in range(c):
-        d_offset[ch] = so[ch]
-        d_scale[ch] = ss[ch]
+            sums[0, ch] += g
+            sums[1, ch] += g * ((x[r, ch] - mean[ch]) * rstd[ch])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _bn_grad_dx(dy, x, mean, rstd, mul, mean_dy, mean_dyx, dx):
     """``mul * (dy - mean(dy) - xhat * mean(dy * xhat))``, the reference's float32 operation order."""
     for r in range(x.shape[0]):
         for ch in range(x.shape[1]):
             xhat = (x[r, ch] - mean[ch]) * rstd[ch]
             dx[r, ch] = mul[ch] * (dy[r, ch] - mean_dy[ch] - xhat * mean_dyx[ch])
+
+
+def _bn_stats(flat: np.ndarray, spans) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``flat (rows, C)`` (float32): two passes of float64 sums, each
+    span's added up in order after."""
+    rows, c = max(flat.shape[0], 1), flat.shape[1]
+    mean = _sums(spans, lambda r0, r1, part: _bn_sums(flat[r0:r1], None, part), (c,)) / rows
+    var = _sums(spans, lambda r0, r1, part: _bn_sums(flat[r0:r1], mean, part), (c,)) / rows
+    return mean.astype(F32), var.astype(F32)
 
 
 def _bn_fast(data_format, *arrays) -> bool:
@@ -510,9 +614,9 @@ def fused_batch_norm(x, scale, offset, mean, variance, *, epsilon=1e-4, exponent
                                       exponential_avg_factor=exponential_avg_factor, is_training=is_training,
                                       n_outputs=n_outputs)
     flat = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    spans = _rows(*flat.shape)
     if is_training:
-        used_mean, used_var = np.empty(x.shape[-1], F32), np.empty(x.shape[-1], F32)
-        _bn_stats(flat, used_mean, used_var)
+        used_mean, used_var = _bn_stats(flat, spans)
         count = flat.shape[0]
         unbiased = used_var * F32.type(count / max(count - 1, 1))
         f = exponential_avg_factor
@@ -523,7 +627,8 @@ def fused_batch_norm(x, scale, offset, mean, variance, *, epsilon=1e-4, exponent
         out_mean, out_var = mean, variance
     mul = scale / np.sqrt(used_var + F32.type(epsilon))
     y = np.empty(x.shape, F32)
-    _bn_apply(flat, used_mean, mul, offset, y.reshape(flat.shape))
+    y_flat = y.reshape(flat.shape)
+    _each(spans, lambda r0, r1: _bn_apply(flat[r0:r1], used_mean, mul, offset, y_flat[r0:r1]))
     return (y, out_mean, out_var, used_mean, used_var, np.zeros(0, F32))[:n_outputs]
 
 
@@ -538,21 +643,24 @@ def fused_batch_norm_grad(y_backprop, x, scale, reserve_space_1, reserve_space_2
     c = x.shape[-1]
     flat, dy = np.ascontiguousarray(x).reshape(-1, c), np.ascontiguousarray(y_backprop).reshape(-1, c)
     rstd = F32.type(1) / np.sqrt(reserve_space_2 + F32.type(epsilon))
-    d_offset, d_scale = np.empty(c, F32), np.empty(c, F32)
-    _bn_grad_sums(dy, flat, reserve_space_1, rstd, d_offset, d_scale)
+    spans = _rows(*flat.shape)
+    d_offset, d_scale = _sums(spans, lambda r0, r1, part: _bn_grad_sums(dy[r0:r1], flat[r0:r1], reserve_space_1,
+                                                                          rstd, part), (2, c)).astype(F32)
     mul = scale * rstd
     count = F32.type(flat.shape[0])
     zeros = np.zeros(c, F32)
     mean_dy, mean_dyx = (d_offset / count, d_scale / count) if is_training else (zeros, zeros)
     dx = np.empty(x.shape, F32)
-    _bn_grad_dx(dy, flat, reserve_space_1, rstd, mul, mean_dy, mean_dyx, dx.reshape(flat.shape))
+    dx_flat = dx.reshape(flat.shape)
+    _each(spans, lambda r0, r1: _bn_grad_dx(dy[r0:r1], flat[r0:r1], reserve_space_1, rstd, mul, mean_dy, mean_dyx,
+                                            dx_flat[r0:r1]))
     empty = np.zeros(0, F32)
     return (dx, d_scale, d_offset, empty, empty)[:n_outputs]
 
 
 # --- random uniform floats (dropout masks) -------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _philox_unit_bits(seed, seed2, start, bits):
     """Philox-4x32-10 (key ``seed``) of the counters ``(start + g, seed2)``: each of a counter's 4 words as
     the float32 bit pattern in [1, 2) of its low 23 bits, into ``bits[4 g:4 g + 4]`` (uint64 arithmetic)."""
@@ -586,8 +694,8 @@ def stateless_random_uniform_v2(shape, key, counter, alg, *, dtype=1):
 
 # --- fused optimizer updates ----------------------------------------------------------------------
 
-@numba.njit(cache=True)
-def _momentum(var, accum, lr, grad, momentum, nesterov, keras, new_var, new_accum):
+@numba.njit(cache=True, nogil=True)
+def _momentum(var, accum, grad, new_var, new_accum, lr, momentum, nesterov, keras):
     for i in range(var.size):
         g = grad[i]
         if keras:
@@ -599,8 +707,8 @@ def _momentum(var, accum, lr, grad, momentum, nesterov, keras, new_var, new_accu
         new_accum[i] = a
 
 
-@numba.njit(cache=True)
-def _adam(var, m, v, alpha, one_minus_b1, one_minus_b2, beta1, epsilon, grad, nesterov, new_var, new_m, new_v):
+@numba.njit(cache=True, nogil=True)
+def _adam(var, m, v, grad, new_var, new_m, new_v, alpha, one_minus_b1, one_minus_b2, beta1, epsilon, nesterov):
     for i in range(var.size):
         g = grad[i]
         mi = m[i] + (g - m[i]) * one_minus_b1
@@ -611,8 +719,8 @@ def _adam(var, m, v, alpha, one_minus_b1, one_minus_b2, beta1, epsilon, grad, ne
         new_v[i] = vi
 
 
-@numba.njit(cache=True)
-def _rms_prop(var, ms, mom, lr, one_minus_rho, momentum, epsilon, grad, new_var, new_ms, new_mom):
+@numba.njit(cache=True, nogil=True)
+def _rms_prop(var, ms, mom, grad, new_var, new_ms, new_mom, lr, one_minus_rho, momentum, epsilon):
     for i in range(var.size):
         g = grad[i]
         s = ms[i] + (g * g - ms[i]) * one_minus_rho
@@ -652,7 +760,7 @@ def _apply_momentum(var, accum, lr, grad, momentum, use_nesterov, keras):
         return ref(var, accum, lr, grad, momentum, use_nesterov=use_nesterov)
     (v, a, g), (lr32, mom32) = flat
     out = _outputs(var, 2)
-    _momentum(v, a, lr32, g, mom32, bool(use_nesterov), keras, *(o.reshape(-1) for o in out))
+    _elementwise(_momentum, [v, a, g, *(o.reshape(-1) for o in out)], (lr32, mom32, bool(use_nesterov), keras))
     return tuple(out)
 
 
@@ -666,7 +774,8 @@ def apply_adam(var, m, v, beta1_power, beta2_power, lr, beta1, beta2, epsilon, g
     one = np.float32(1)
     alpha = lr32 * np.sqrt(one - b2p) / (one - b1p)
     out = _outputs(var, 3)
-    _adam(var_f, m_f, v_f, alpha, one - b1, one - b2, b1, eps, g, bool(use_nesterov), *(o.reshape(-1) for o in out))
+    _elementwise(_adam, [var_f, m_f, v_f, g, *(o.reshape(-1) for o in out)],
+                 (alpha, one - b1, one - b2, b1, eps, bool(use_nesterov)))
     return tuple(out)
 
 
@@ -677,5 +786,5 @@ def apply_rms_prop(var, ms, mom, lr, rho, momentum, epsilon, grad):
         return tf_training.apply_rms_prop(var, ms, mom, lr, rho, momentum, epsilon, grad)
     (v, s, m, g), (lr32, rho32, mom32, eps) = flat
     out = _outputs(var, 3)
-    _rms_prop(v, s, m, lr32, np.float32(1) - rho32, mom32, eps, g, *(o.reshape(-1) for o in out))
+    _elementwise(_rms_prop, [v, s, m, g, *(o.reshape(-1) for o in out)], (lr32, np.float32(1) - rho32, mom32, eps))
     return tuple(out)

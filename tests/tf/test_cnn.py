@@ -82,6 +82,43 @@ def test_cnn_bn_sgdm_fit_evaluate_predict_match_tensorflow():
     np.testing.assert_allclose(predicted, reference, rtol=1e-4, atol=1e-6)
 
 
+def benchmark_cnn():
+    """``benchmarks/tf_train.py``'s CNN: its kernels split their work into pieces (groups of images, rows)."""
+    m = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ])
+    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def test_benchmark_cnn_on_two_threads_trains_like_tensorflow():
+    """The step's kernels split their work on two threads (``enable(threads=2)``); tests/test_cpu_tf.py checks
+    each kernel's pieces against one thread bit for bit."""
+    x, y = images((28, 28, 1), n=64, classes=10)
+    runs = []
+    for threads in (0, 2):  # 0: TensorFlow
+        keras.utils.set_random_seed(0)
+        model = benchmark_cnn()
+        adapter = oc.enable(threads=threads) if threads else None
+        try:
+            history = model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+        finally:
+            oc.disable()
+        assert adapter is None or adapter.executions >= 2
+        runs.append((history.history["loss"], model))
+    (tf_loss, tf_model), (oc_loss, oc_model) = runs
+    np.testing.assert_allclose(oc_loss, tf_loss, rtol=1e-4)
+    assert_weights_match(tf_model, oc_model)
+
+
 @pytest.mark.parametrize("make, shape", [(conv1d_net, (16, 3)), (transpose_net, (8, 8, 2))],
                          ids=["conv1d", "conv2d_transpose_avgpool_grouped"])
 def test_conv_layers_train_like_tensorflow(make, shape):
