@@ -55,14 +55,34 @@ def strided_slice(x, begin, end, strides, *, begin_mask=0, end_mask=0, ellipsis_
                                      shrink_axis_mask)], order="C")
 
 
-@op("ReluGrad", domain=DOMAIN)
+def _infer_like_inputs(node):
+    """An activation's gradient: the type of its two inputs where they agree (TensorFlow gives them one shape)."""
+    types = [getattr(v, "type", None) for v in node.inputs]
+    return [types[0] if len(types) == 2 and types[0] is not None and types[0] == types[1] else None]
+
+
+@op("ReluGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def relu_grad(gradients, features):
     return np.where(features > 0, gradients, np.zeros((), gradients.dtype))
 
 
-@op("BiasAddGrad", domain=DOMAIN)
+def _bias_axis(rank: int, data_format) -> int:
+    return 1 if data_format == "NCHW" and rank > 2 else rank - 1
+
+
+def _infer_bias_add_grad(node):
+    """The gradient's channel dimension."""
+    from opencann.compiler.ir import TensorType
+
+    t = node.inputs[0].type
+    if not isinstance(t, TensorType) or not t.shape:
+        return [None]
+    return [TensorType(t.dtype, (t.shape[_bias_axis(len(t.shape), node.attrs.get("data_format", "NHWC"))],))]
+
+
+@op("BiasAddGrad", domain=DOMAIN, infer=_infer_bias_add_grad)
 def bias_add_grad(grad, *, data_format="NHWC"):
-    axes = tuple(i for i in range(grad.ndim) if i != (1 if data_format == "NCHW" and grad.ndim > 2 else grad.ndim - 1))
+    axes = tuple(i for i in range(grad.ndim) if i != _bias_axis(grad.ndim, data_format))
     return grad.sum(axis=axes, dtype=compute_dtype(grad.dtype)).astype(grad.dtype)
 
 
@@ -72,7 +92,17 @@ def _log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-@op("SparseSoftmaxCrossEntropyWithLogits", domain=DOMAIN)
+def _infer_sparse_cross_entropy(node):
+    """The loss has the logits' shape but the last dimension, the gradient the logits' type."""
+    from opencann.compiler.ir import TensorType
+
+    t = node.inputs[0].type
+    if not isinstance(t, TensorType) or t.shape is None:
+        return [None, None]
+    return [TensorType(t.dtype, tuple(t.shape[:-1])), t]
+
+
+@op("SparseSoftmaxCrossEntropyWithLogits", domain=DOMAIN, infer=_infer_sparse_cross_entropy)
 def sparse_softmax_cross_entropy(features, labels):
     """(loss per example, gradient w.r.t. the logits)."""
     logp = _log_softmax(features)
@@ -98,61 +128,61 @@ def _zero(x):
     return np.zeros((), x.dtype)
 
 
-@op("TanhGrad", domain=DOMAIN)
+@op("TanhGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def tanh_grad(y, dy):
     return (dy * (1 - y * y)).astype(y.dtype, copy=False)
 
 
-@op("SigmoidGrad", domain=DOMAIN)
+@op("SigmoidGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def sigmoid_grad(y, dy):
     return (dy * y * (1 - y)).astype(y.dtype, copy=False)
 
 
-@op("SqrtGrad", domain=DOMAIN)
+@op("SqrtGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def sqrt_grad(y, dy):
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(dy == 0, _zero(y), np.asarray(0.5, y.dtype) * dy / y).astype(y.dtype, copy=False)
 
 
-@op("RsqrtGrad", domain=DOMAIN)
+@op("RsqrtGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def rsqrt_grad(y, dy):
     return np.where(dy == 0, _zero(y), np.asarray(-0.5, y.dtype) * (dy * y) * (y * y)).astype(y.dtype, copy=False)
 
 
-@op("ReciprocalGrad", domain=DOMAIN)
+@op("ReciprocalGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def reciprocal_grad(y, dy):
     return (-dy * y * y).astype(y.dtype, copy=False)
 
 
-@op("SoftplusGrad", domain=DOMAIN)
+@op("SoftplusGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def softplus_grad(dy, x):
     return (dy / (1 + np.exp(-x))).astype(x.dtype, copy=False)
 
 
-@op("SoftsignGrad", domain=DOMAIN)
+@op("SoftsignGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def softsign_grad(dy, x):
     d = 1 + np.abs(x)
     return (dy / (d * d)).astype(x.dtype, copy=False)
 
 
-@op("EluGrad", domain=DOMAIN)
+@op("EluGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def elu_grad(dy, y):
     return np.where(y < 0, dy * (y + 1), dy).astype(y.dtype, copy=False)
 
 
-@op("SeluGrad", domain=DOMAIN)
+@op("SeluGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def selu_grad(dy, y):
     scale, alpha = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
     return np.where(y < 0, dy * (y + np.asarray(scale * alpha, y.dtype)), dy * np.asarray(scale, y.dtype)).astype(
         y.dtype, copy=False)
 
 
-@op("LeakyReluGrad", domain=DOMAIN)
+@op("LeakyReluGrad", domain=DOMAIN, infer=_infer_like_inputs)
 def leaky_relu_grad(dy, x, *, alpha=0.2):
     return np.where(x > 0, dy, dy * np.asarray(alpha, dy.dtype)).astype(dy.dtype, copy=False)
 
 
-@op("Relu6Grad", domain=DOMAIN)
+@op("Relu6Grad", domain=DOMAIN, infer=_infer_like_inputs)
 def relu6_grad(dy, x):
     return np.where((x > 0) & (x < 6), dy, _zero(dy))
 
@@ -492,7 +522,7 @@ def fused_update(*inputs, body):
 
 
 CHAIN_UFUNCS = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Sqrt": np.sqrt,
-                "Neg": np.negative, "Abs": np.absolute}
+                "Neg": np.negative, "Abs": np.absolute, "Pow": np.power}
 
 
 def _infer_chain(node):
@@ -520,3 +550,135 @@ def elementwise_chain(*inputs, ops, operands, results):
             slots.append(CHAIN_UFUNCS[name](slots[a]) if b < 0 else CHAIN_UFUNCS[name](slots[a], slots[b]))
     out = tuple(slots[i] for i in results)
     return out[0] if len(out) == 1 else out
+
+
+CHAIN_CODES = {name: k for k, name in enumerate(("Add", "Sub", "Mul", "Div", "Sqrt", "Neg", "Abs"))}  # _run_chains
+_CHAIN_BLOCK = 512  # elements per pass over the ops: a block's intermediates stay in L1
+_chain_kernel = None
+
+
+def _chain_jit():
+    """:func:`_run_chains`' compiled kernel (Numba imported at the first merged chain)."""
+    global _chain_kernel
+    if _chain_kernel is None:
+        import numba
+
+        _chain_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_run_chains)
+    return _chain_kernel
+
+
+def _run_chains(x, s, codes, operands, results, out):
+    """The ops ``codes`` over the columns of ``x`` (one row per chain input) in blocks; operand ``j`` of op ``k``
+    is ``operands[k, j]``: a row of ``x`` (< ``len(x)``), an op's result (``len(x)`` + op), or a scalar
+    ``s[-1 - operand]`` (< 0). Rows ``results`` of the op results go to the rows of ``out``. The same IEEE
+    operations, element by element, as the NumPy ufuncs of :data:`CHAIN_UFUNCS` (NumPy's error model: x / 0
+    is inf or nan)."""
+    (n_in, n), n_ops, block = x.shape, len(codes), _CHAIN_BLOCK
+    rows = np.empty((n_in + n_ops + len(s), block), x.dtype)  # a block of x, the ops' results, the scalars
+    for j in range(len(s)):
+        rows[n_in + n_ops + j, :] = s[j]
+    refs = np.where(operands < 0, n_in + n_ops - 1 - operands, operands)
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        for j in range(n_in):  # explicit loops: Numba's 2-D slice copies do not vectorize (~2x slower here)
+            src, dst = x[j, start:start + m], rows[j]
+            for i in range(m):
+                dst[i] = src[i]
+        for k in range(n_ops):
+            av, bv, dst, code = rows[refs[k, 0]], rows[refs[k, 1]], rows[n_in + k], codes[k]
+            if code == 0:
+                for i in range(m):
+                    dst[i] = av[i] + bv[i]
+            elif code == 1:
+                for i in range(m):
+                    dst[i] = av[i] - bv[i]
+            elif code == 2:
+                for i in range(m):
+                    dst[i] = av[i] * bv[i]
+            elif code == 3:
+                for i in range(m):
+                    dst[i] = av[i] / bv[i]
+            elif code == 4:
+                for i in range(m):
+                    dst[i] = np.sqrt(av[i])
+            elif code == 5:
+                for i in range(m):
+                    dst[i] = -av[i]
+            else:
+                for i in range(m):
+                    dst[i] = abs(av[i])
+        for r in range(len(results)):
+            src, dst = rows[n_in + results[r]], out[r, start:start + m]
+            for i in range(m):
+                dst[i] = src[i]
+
+
+def _infer_chains(node):
+    """Each piece's results have its first input's type."""
+    pieces, results = node.attrs["pieces"], len(node.attrs["results"])
+    per = (len(node.inputs) - len(node.attrs["shared"])) // pieces
+    return [node.inputs[p * per].type for p in range(pieces) for _ in range(results)]
+
+
+@op("ElementwiseChains", domain=DOMAIN, infer=_infer_chains)
+def elementwise_chains(*inputs, ops, operands, results, shared, pieces, n_inputs):
+    """One :func:`elementwise_chain` (``ops``, ``operands``, ``results``) run over ``pieces`` same-shaped
+    variables at once (made by :func:`opencann.compiler.passes.fuse_training.merge_chains`): the inputs are each
+    piece's own inputs (the chain's ``n_inputs`` inputs but those at ``shared``), piece after piece, then the
+    ``shared`` ones (scalars); returns each piece's results, piece after piece. Float32 runs in one compiled
+    kernel over the pieces side by side, in blocks (:func:`_run_chains`); other dtypes piece by piece."""
+    return _bind_chains(ops=ops, operands=operands, results=results, shared=shared, pieces=pieces,
+                        n_inputs=n_inputs)(*inputs)
+
+
+def _bind_chains(*, ops, operands, results, shared, pieces, n_inputs):
+    """:func:`elementwise_chains` with its attributes bound (the compiled kernel's operand layout made once)."""
+    n_shared, layout = len(shared), _chain_layout(ops, operands, results, shared, n_inputs)
+
+    def run(*inputs):
+        n_own = len(inputs) - n_shared
+        per, dtype = n_own // pieces, inputs[0].dtype
+        if dtype != np.float32:
+            common = inputs[n_own:]
+            return tuple(y for p in range(pieces)
+                         for y in _chain_piece(inputs[p * per:(p + 1) * per], common, shared, ops, operands, results))
+        x = np.empty((per, sum(inputs[p * per].size for p in range(pieces))), dtype)
+        for j in range(per):
+            np.concatenate(inputs[j:n_own:per], axis=None, out=x[j])
+        out = np.empty((len(results), x.shape[1]), dtype)
+        _chain_jit()(x, np.array(inputs[n_own:], dtype), *layout, out)
+        outs, start = [], 0
+        for p in range(pieces):
+            shape = inputs[p * per].shape
+            end = start + inputs[p * per].size
+            outs.extend(out[:, start:end].reshape((len(results), *shape)))  # each result a contiguous view
+            start = end
+        return tuple(outs)
+
+    return run
+
+
+elementwise_chains.bind_attrs = _bind_chains
+
+
+def _chain_piece(piece, common, shared, ops, operands, results):
+    """One piece's results by :func:`elementwise_chain` (its inputs put back in the chain's order)."""
+    own, shared_at = iter(piece), dict(zip(shared, common))
+    args = [shared_at[i] if i in shared_at else next(own) for i in range(len(piece) + len(common))]
+    out = elementwise_chain(*args, ops=ops, operands=operands, results=results)
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def _chain_layout(ops, operands, results, shared, n_inputs):
+    """:func:`_run_chains`' ``codes``, ``operands`` and ``results`` for a chain of ``n_inputs`` inputs whose
+    inputs at ``shared`` are scalars and the others rows of ``x``."""
+    row, scalar = {}, {}
+    for i in range(n_inputs):
+        if i in shared:
+            scalar[i] = -1 - len(scalar)
+        else:
+            row[i] = len(row)
+    per = len(row)
+    refs = [0 if i < 0 else row.get(i, scalar.get(i)) if i < n_inputs else per + i - n_inputs for i in operands]
+    codes = np.array([CHAIN_CODES[name] for name in ops], np.int64)
+    return codes, np.array(refs, np.int64).reshape(-1, 2), np.array([i - n_inputs for i in results], np.int64)

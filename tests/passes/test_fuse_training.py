@@ -7,7 +7,14 @@ import pytest
 
 from opencann.compiler.ir import Graph, Node, SequenceType, TensorType, Value
 from opencann.compiler.passes.fuse_rnn_loops import fuse_lstm_cells
-from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates, hoist_invariants
+from opencann.compiler.passes.fuse_training import (
+    batch_list_ops,
+    chain_scalars,
+    chain_updates,
+    fold_transposes,
+    hoist_invariants,
+    merge_chains,
+)
 from opencann.compiler.passes.shape_inference import infer_shapes
 from opencann.errors import AclError
 from opencann.ops.tf_control import tensor_list_add_n, tensor_list_pop_back, tensor_list_pop_back_many
@@ -78,6 +85,161 @@ def test_float64_is_chained_and_dynamic_shapes_are_left_alone():
     nodes = [Node("Mul", [x, x], [a]), Node("Add", [a, x], [b]), Node("Mul", [y, y], [c]), Node("Add", [c, y], [d])]
     graph = infer_shapes(Graph(inputs=[x, y], outputs=[b, d], nodes=nodes, opsets={"": 17}))
     assert [n.op for n in chain_updates(graph, graph.outputs).nodes] == ["ElementwiseChain", "Mul", "Add"]
+
+
+def adam_many(shapes: list[tuple], dtype=F32, broadcast_last: bool = False) -> tuple:
+    """Adam updates of one variable per shape, their scalars shared (and feeds with zeros in the second moment:
+    0/0 and x/0 in the step); optionally the last variable's update adds a broadcast row (another kind of
+    chain)."""
+    rng = np.random.default_rng(1)
+    consts = [Value(n, const=np.array(x, dtype)) for n, x in (("c1", 0.1), ("c2", 0.001), ("eps", 0.0))]
+    c1, c2, eps = consts
+    alpha = Value("alpha", TensorType(np.dtype(dtype), ()))
+    inputs, nodes, outputs, feeds = [alpha], [], [], {"alpha": np.array(0.01, dtype)}
+    for k, shape in enumerate(shapes):
+        g, m, v, w = (Value(f"{n}{k}", TensorType(np.dtype(dtype), shape)) for n in "gmvw")
+        inputs += [g, m, v, w]
+        feeds.update({f"{n}{k}": rng.standard_normal(shape).astype(dtype) for n in "gmw"})
+        feeds[f"v{k}"] = np.zeros(shape, dtype)
+        feeds[f"g{k}"].flat[:2] = feeds[f"m{k}"].flat[0] = 0  # new m and v 0 at [0] (0/0), v alone at [1] (x/0)
+        t = {n: Value(f"{n}{k}") for n in ("d", "dm", "m2", "gg", "e", "de", "v2", "num", "s", "den", "q", "w2")}
+        nodes += [Node("Sub", [g, m], [t["d"]]), Node("Mul", [t["d"], c1], [t["dm"]]),
+                  Node("Add", [m, t["dm"]], [t["m2"]]), Node("Mul", [g, g], [t["gg"]]),
+                  Node("Sub", [t["gg"], v], [t["e"]]), Node("Mul", [t["e"], c2], [t["de"]]),
+                  Node("Add", [v, t["de"]], [t["v2"]]), Node("Mul", [t["m2"], alpha], [t["num"]]),
+                  Node("Sqrt", [t["v2"]], [t["s"]]), Node("Add", [t["s"], eps], [t["den"]]),
+                  Node("Div", [t["num"], t["den"]], [t["q"]])]
+        if broadcast_last and k == len(shapes) - 1:
+            row = Value("row", TensorType(np.dtype(dtype), shape[-1:]))
+            inputs.append(row)
+            feeds["row"] = rng.standard_normal(shape[-1:]).astype(dtype)
+            q = Value(f"qr{k}")
+            nodes.append(Node("Add", [t["q"], row], [q]))
+            t["q"] = q
+        nodes.append(Node("Sub", [w, t["q"]], [t["w2"]]))
+        outputs += [t["m2"], t["v2"], t["w2"]]
+    graph = Graph(inputs=inputs, outputs=outputs, nodes=nodes, initializers=consts, opsets={"": 17})
+    return infer_shapes(graph), feeds
+
+
+SHAPES = [(3, 4), (7,), (2, 3, 5), (1,)]
+
+
+@pytest.mark.parametrize("dtype", [F32, np.dtype(np.float64), np.dtype(np.float16)])
+def test_chains_of_one_kind_merge_into_one_node_with_identical_values(dtype):
+    graph, feeds = adam_many(SHAPES, dtype)
+    want = Executor(graph).run(feeds)
+    chained = chain_updates(graph, graph.outputs)
+    assert [n.op for n in chained.nodes] == ["ElementwiseChain"] * len(SHAPES)
+    after = merge_chains(chained)
+    assert [n.op for n in after.nodes] == ["ElementwiseChains"]
+    merged = after.nodes[0]
+    assert merged.attrs["pieces"] == len(SHAPES)
+    assert [v.name for v in merged.inputs[-4:]] == ["c1", "c2", "alpha", "eps"]  # shared scalars
+    got = Executor(after).run(feeds)
+    assert np.isnan(want[2].flat[0]) and np.isinf(want[2].flat[1])  # 0/0 and x/0 covered
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+def test_chains_of_another_kind_or_read_in_the_graph_stay_apart():
+    graph, feeds = adam_many(SHAPES, broadcast_last=True)
+    want = Executor(graph).run(feeds)
+    after = merge_chains(chain_updates(graph, graph.outputs))
+    assert [n.op for n in after.nodes] == ["ElementwiseChains", "ElementwiseChain"]
+    assert after.nodes[0].attrs["pieces"] == len(SHAPES) - 1
+    for g, w in zip(Executor(after).run(feeds), want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    graph, feeds = adam_many(SHAPES)
+    chained = chain_updates(graph, graph.outputs)
+    total = Value("total")
+    chained.nodes.append(Node("ReduceSum", [chained.outputs[-1]], [total], {"keepdims": 0}))
+    chained.outputs.append(total)
+    assert [n.op for n in merge_chains(chained).nodes] == ["ElementwiseChains", "ElementwiseChain", "ReduceSum"]
+
+
+def test_merged_chains_run_in_blocks_over_many_elements(monkeypatch):
+    """More elements than one block of the compiled kernel: every block's results land in place. At most
+    MAX_MERGED elements a node: the chains of one kind merge in runs."""
+    from opencann.compiler.passes import fuse_training
+
+    monkeypatch.setattr(fuse_training, "MAX_MERGED", 1100)
+    graph, feeds = adam_many([(1000,), (33,), (517,), (70,), (9,)])
+    want = Executor(graph).run(feeds)
+    after = merge_chains(chain_updates(graph, graph.outputs))
+    assert [n.attrs["pieces"] for n in after.nodes] == [2, 3]
+    for g, w in zip(Executor(after).run(feeds), want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def bias_corrections(early_reader: bool = False) -> Graph:
+    """Adam's scalar bias corrections (as Keras emits them) from an int step count, and a separate scalar sum;
+    optionally a node between the two groups reads an intermediate of the first."""
+    step = Value("step", TensorType(np.dtype(np.int64), ()))
+    lr, total = Value("lr", TensorType(F32, ())), Value("total", TensorType(F32, ()))
+    b1, b2, one = (Value(n, const=np.array(x, np.float32)) for n, x in (("b1", 0.9), ("b2", 0.999), ("one", 1.0)))
+    v = {n: Value(n) for n in ("t", "p1", "p2", "s2", "s1", "r", "m", "a", "x", "y", "z", "early")}
+    nodes = [Node("Cast", [step], [v["t"]], {"to": 1}), Node("Pow", [b1, v["t"]], [v["p1"]]),
+             Node("Pow", [b2, v["t"]], [v["p2"]]), Node("Sub", [one, v["p2"]], [v["s2"]]),
+             Node("Sub", [one, v["p1"]], [v["s1"]]), Node("Sqrt", [v["s2"]], [v["r"]]),
+             Node("Mul", [lr, v["r"]], [v["m"]]), Node("Div", [v["m"], v["s1"]], [v["a"]]),
+             Node("Mul", [total, b1], [v["x"]]), Node("Add", [v["x"], total], [v["y"]]),
+             Node("Neg", [v["y"]], [v["z"]])]
+    outputs = [v["a"], v["y"], v["z"]]
+    if early_reader:
+        nodes.insert(4, Node("ReduceSum", [v["s2"]], [v["early"]], {"keepdims": 0}))
+        outputs.append(v["early"])
+    graph = Graph(inputs=[step, lr, total], outputs=outputs, nodes=nodes, initializers=[b1, b2, one],
+                  opsets={"": 17})
+    return infer_shapes(graph)
+
+
+SCALAR_FEEDS = {"step": np.array(3, np.int64), "lr": np.array(0.001, np.float32), "total": np.array(2.5, np.float32)}
+
+
+def test_scalar_arithmetic_becomes_one_chain_per_group_with_identical_values():
+    want = Executor(bias_corrections()).run(SCALAR_FEEDS)
+    after = chain_scalars(bias_corrections())
+    assert [n.op for n in after.nodes] == ["Cast", "ElementwiseChain", "ElementwiseChain"]
+    assert after.nodes[1].attrs["ops"] == ["Pow", "Pow", "Sub", "Sub", "Sqrt", "Mul", "Div"]
+    assert [v.name for v in after.nodes[2].outputs] == ["y", "z"]  # y is also returned
+    for g, w in zip(Executor(after).run(SCALAR_FEEDS), want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape == ()
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_group_read_before_its_last_member_stays_apart():
+    after = chain_scalars(bias_corrections(early_reader=True))
+    assert [n.op for n in after.nodes][:5] == ["Cast", "Pow", "Pow", "Sub", "ReduceSum"]
+    assert [n.op for n in after.nodes].count("ElementwiseChain") == 1
+    np.testing.assert_array_equal(Executor(after).run(SCALAR_FEEDS)[1],
+                                  Executor(bias_corrections()).run(SCALAR_FEEDS)[1])
+
+
+def test_transposed_matmul_operands_become_gemm_flags():
+    """X^T @ dY and dY @ W^T read their operand transposed in Gemm; a transpose also returned, or a batched (3-D)
+    MatMul, stays as it is."""
+    rng = np.random.default_rng(2)
+    feeds = {k: rng.standard_normal(shape).astype(np.float32)
+             for k, shape in (("x", (8, 5)), ("dy", (8, 3)), ("w", (6, 3)), ("s", (2, 4, 4)))}
+    ins = {k: Value(k, TensorType(F32, a.shape)) for k, a in feeds.items()}
+    v = {n: Value(n) for n in ("xt", "gw", "wt", "gx", "wt2", "twice", "st", "bat")}
+    t2 = {"perm": [1, 0]}
+    nodes = [Node("Transpose", [ins["x"]], [v["xt"]], t2), Node("MatMul", [v["xt"], ins["dy"]], [v["gw"]]),
+             Node("Transpose", [ins["w"]], [v["wt"]], t2), Node("MatMul", [ins["dy"], v["wt"]], [v["gx"]]),
+             Node("Transpose", [ins["w"]], [v["wt2"]], t2), Node("MatMul", [ins["dy"], v["wt2"]], [v["twice"]]),
+             Node("Transpose", [ins["s"]], [v["st"]], {"perm": [0, 2, 1]}),
+             Node("MatMul", [ins["s"], v["st"]], [v["bat"]])]
+    graph = infer_shapes(Graph(inputs=list(ins.values()), outputs=[v["gw"], v["gx"], v["twice"], v["wt2"], v["bat"]],
+                               nodes=nodes, opsets={"": 17}))
+    after = fold_transposes(graph)
+    assert [(n.op, n.attrs.get("transA", 0), n.attrs.get("transB", 0)) for n in after.nodes] == [
+        ("Gemm", 1, 0), ("Gemm", 0, 1), ("Transpose", 0, 0), ("MatMul", 0, 0), ("Transpose", 0, 0), ("MatMul", 0, 0)]
+    x, dy, w, s = (feeds[k] for k in ("x", "dy", "w", "s"))
+    for got, want in zip(Executor(after).run(feeds), [x.T @ dy, dy @ w.T, dy @ w.T, w.T, s @ s.transpose(0, 2, 1)],
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def accumulators() -> Graph:

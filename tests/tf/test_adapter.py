@@ -113,3 +113,33 @@ def test_tape_outside_the_function_is_refused_not_silently_wrong():
 
     np.testing.assert_allclose(step(tf.constant([1.0, 2.0, 3.0])).numpy(), [1, 2, 3])
     del tape
+
+
+def test_merged_update_chains_train_bit_identically(monkeypatch):
+    """The update chains merged per kind (ElementwiseChains) and the scalar chains change no bit of training: the
+    same model trained with those passes off ends with exactly the same weights (AdamW: shared scalars, weight
+    decay; biases and small kernels merge)."""
+    from opencann.frontends.tensorflow import adapter
+
+    def train(merged: bool):
+        if not merged:
+            monkeypatch.setattr(adapter, "merge_chains", lambda graph: graph)
+            monkeypatch.setattr(adapter, "chain_scalars", lambda graph: graph)
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        a = oc.enable()
+        try:
+            x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+            model.fit(x, (x[:, :3]).argmax(axis=1), epochs=2, batch_size=16, shuffle=False, verbose=0)
+        finally:
+            oc.disable()
+            monkeypatch.undo()
+        ops = {n.op for p in a.programs.values() for n in p.executor.plan.graph.nodes}
+        return model.get_weights(), ops
+
+    (merged, ops), (plain, plain_ops) = train(True), train(False)
+    assert "ElementwiseChains" in ops and "ElementwiseChains" not in plain_ops
+    for a, b in zip(merged, plain, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -168,6 +168,43 @@ def test_handoff_keeps_only_arrays_nothing_else_holds():
     assert all(g.dtype == f32 and g.flags.writeable for g in got)
 
 
+def test_handoff_passes_packed_values_as_they_are():
+    """Values the write packs (copies into one array per dtype) are not copied first; other dtypes still are."""
+    from opencann.frontends.tensorflow.adapter import handoff
+
+    f32 = np.dtype(np.float32)
+    base = np.ones((2, 3), f32)
+    values = [base[0], base[1], np.ones(3, np.float64), base[1]]
+    got = handoff(values, [f32] * len(values), frozenset({0, 1, 2}))
+    assert got[0] is values[0] and got[1] is values[1]
+    assert got[2].dtype == f32 and got[3] is not values[3]
+
+
+def test_gradient_ops_infer_static_shapes():
+    """BiasAddGrad, the sparse cross entropy and the activation gradients give static shapes to what follows
+    (an optimizer update of a static shape is chained; a dynamic one is not)."""
+    from opencann.compiler.ir import Graph, Node, TensorType, Value
+    from opencann.compiler.passes.shape_inference import infer_shapes
+
+    f32 = np.dtype(np.float32)
+    logits, labels = Value("logits", TensorType(f32, (4, 3))), Value("labels", TensorType(np.dtype(np.int64), (4,)))
+    act, nchw = Value("act", TensorType(f32, (4, 3))), Value("nchw", TensorType(f32, (2, 5, 3, 3)))
+    out = {n: Value(n) for n in ("loss", "grad", "relu", "bias", "bias_nchw", "tanh", "odd")}
+    nodes = [Node("SparseSoftmaxCrossEntropyWithLogits", [logits, labels], [out["loss"], out["grad"]],
+                  domain="opencann"),
+             Node("ReluGrad", [out["grad"], act], [out["relu"]], domain="opencann"),
+             Node("BiasAddGrad", [out["relu"]], [out["bias"]], domain="opencann"),
+             Node("BiasAddGrad", [nchw], [out["bias_nchw"]], {"data_format": "NCHW"}, domain="opencann"),
+             Node("TanhGrad", [act, out["relu"]], [out["tanh"]], domain="opencann"),
+             Node("SigmoidGrad", [act, labels], [out["odd"]], domain="opencann")]
+    infer_shapes(Graph(inputs=[logits, labels, act, nchw], outputs=list(out.values()), nodes=nodes,
+                       opsets={"": 17, "opencann": 1}))
+    assert {n: v.type for n, v in out.items()} == {
+        "loss": TensorType(f32, (4,)), "grad": TensorType(f32, (4, 3)), "relu": TensorType(f32, (4, 3)),
+        "bias": TensorType(f32, (3,)), "bias_nchw": TensorType(f32, (5,)), "tanh": TensorType(f32, (4, 3)),
+        "odd": None}  # inputs of two types: not inferred
+
+
 def test_reads_see_eager_writes_between_calls_and_are_read_only():
     from tests.tf.harness import oc, tf
 

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from opencann.compiler.ir import Value
-from opencann.compiler.passes.fuse_training import batch_list_ops, chain_updates, hoist_invariants
+from opencann.compiler.passes.fuse_training import (
+    batch_list_ops,
+    chain_scalars,
+    chain_updates,
+    fold_transposes,
+    hoist_invariants,
+    merge_chains,
+)
 from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.importer import Context, build_graph, convert_ops, tensor_type
@@ -101,8 +108,8 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     host_values = [v for h in ctx.host_inputs for v in h.values]
     ir = build_graph(ctx, inputs + host_values, outputs, name=graph.name)
     compiled = compile_graph(ir, options or BuildOptions())
-    _aligned_updates(compiled.graph, len(outputs))
-    chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])
+    _aligned_updates(fold_transposes(compiled.graph), len(outputs))
+    chain_scalars(merge_chains(chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])))
     batch_list_ops(hoist_invariants(compiled.graph))
     if dump:
         os.makedirs(dump, exist_ok=True)
@@ -247,8 +254,8 @@ class _Packing:
             if size is not None and size < VariableIO.PACK_LIMIT:
                 packs.setdefault(dtype, []).append(i)
         self.packs = list(packs.values())
-        packed = {i for members in self.packs for i in members}
-        self.singles = [i for i in range(len(dtypes)) if i not in packed]
+        self.packed = frozenset(i for members in self.packs for i in members)
+        self.singles = [i for i in range(len(dtypes)) if i not in self.packed]
 
 
 def _static(t) -> tuple | None:
@@ -317,15 +324,19 @@ def _tf_dtype(dtype: np.dtype):
     return tf.as_dtype(dtype) if dtype.kind != "V" else tf.bfloat16
 
 
-def handoff(values: list, dtypes: list[np.dtype]) -> list[np.ndarray]:
+def handoff(values: list, dtypes: list[np.dtype], packed: frozenset = frozenset()) -> list[np.ndarray]:
     """``values`` as arrays TensorFlow may keep: it adopts an aligned array's buffer instead of copying it
     and may later update it in place, so each stays itself only when it is a new contiguous array of its
     variable's dtype that nothing else holds; a weight of the graph, a view of another array, a read of
     TF's own buffer, or a value also returned or listed twice is copied. (A FusedUpdate pool's buffer has the
-    pool's reference too, which reuses it only once nothing else holds it.)"""
+    pool's reference too, which reuses it only once nothing else holds it.) The values at positions ``packed``
+    only need their dtype: :meth:`VariableIO.write` copies them into its packs."""
     out = []
     for i, dtype in enumerate(dtypes):
         value = values[i]  # references: ``values``, ``value``, getrefcount's argument (and an UpdatePool's)
+        if i in packed and type(value) is np.ndarray and value.dtype == dtype:
+            out.append(value)
+            continue
         fresh = (type(value) is np.ndarray and value.dtype == dtype and value.flags.writeable
                  and value.flags.c_contiguous and sys.getrefcount(value) <= 3 + pooled(value)
                  and (value.base is None or _sole_view(value)))
@@ -366,7 +377,8 @@ def run_program(program: Program, args: list, threads: StepThreads | None = None
     feeds.clear()  # drop the views of TF's buffers: TF then writes into them in place
     new = results[n_out:]
     del results[n_out:]
-    program.io.write([args[pos] for pos, _ in program.assigned], handoff(new, [dtype for _, dtype in program.assigned]))
+    program.io.write([args[pos] for pos, _ in program.assigned],
+                     handoff(new, [dtype for _, dtype in program.assigned], program.io.writing.packed))
     flat, it = [], iter(results[:n_out])
     for entry in program.outputs:
         if entry == 1:
