@@ -263,14 +263,6 @@ def test_empty_batches_and_outputs():
     assert tf_nn.tf_conv(small, w, strides=[1, 1, 1, 1], padding="VALID").shape == (2, 0, 0, 4)
 
 
-@pytest.fixture
-def two_workers():
-    before = workers.size()
-    workers.set_size(2)
-    yield
-    workers.set_size(before)
-
-
 def on_one_and_two_threads(fn):
     """``fn()``'s result, asserted bit for bit the same on one thread as on two (the fixture's)."""
     workers.set_size(1)

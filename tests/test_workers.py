@@ -9,15 +9,7 @@ from opencann.errors import AclError
 from opencann.runtime import workers
 
 
-@pytest.fixture
-def two():
-    before = workers.size()
-    workers.set_size(2)
-    yield
-    workers.set_size(before)
-
-
-def test_every_piece_runs_once_and_helpers_share_the_work(two):
+def test_every_piece_runs_once_and_helpers_share_the_work(two_workers):
     seen, threads = [], set()
 
     def piece(i):
@@ -30,7 +22,7 @@ def test_every_piece_runs_once_and_helpers_share_the_work(two):
     assert len(threads) == 2
 
 
-def test_results_match_the_serial_loop(two):
+def test_results_match_the_serial_loop(two_workers):
     x = np.random.default_rng(0).standard_normal((64, 300)).astype(np.float32)
     out = np.empty_like(x)
     workers.parallel_for(lambda i: np.exp(x[8 * i:8 * i + 8], out=out[8 * i:8 * i + 8]), 8)
@@ -48,7 +40,7 @@ def test_one_thread_runs_on_the_caller():
         workers.set_size(before)
 
 
-def test_a_failing_piece_raises_in_the_caller_after_the_others(two):
+def test_a_failing_piece_raises_in_the_caller_after_the_others(two_workers):
     done = []
 
     def piece(i):
@@ -62,7 +54,7 @@ def test_a_failing_piece_raises_in_the_caller_after_the_others(two):
     workers.parallel_for(lambda i: None, 4)  # the pool still works
 
 
-def test_nested_calls_run_serially(two):
+def test_nested_calls_run_serially(two_workers):
     inner = []
     workers.parallel_for(lambda i: workers.parallel_for(lambda j: inner.append((i, j)), 3), 4)
     assert sorted(inner) == [(i, j) for i in range(4) for j in range(3)]

@@ -84,19 +84,9 @@ def test_cnn_bn_sgdm_fit_evaluate_predict_match_tensorflow():
 
 def benchmark_cnn():
     """``benchmarks/tf_train.py``'s CNN: its kernels split their work into pieces (groups of images, rows)."""
-    m = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(16, 3, activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, padding="same"),
-        keras.layers.BatchNormalization(),
-        keras.layers.ReLU(),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10),
-    ])
-    m.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return m
+    from benchmarks.tf_train import cnn
+
+    return cnn(keras)[0]
 
 
 def test_benchmark_cnn_on_two_threads_trains_like_tensorflow():
