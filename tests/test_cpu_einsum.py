@@ -4,7 +4,7 @@ import pytest
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
 from opencann.compiler.passes.shape_inference import infer_shapes
-from opencann.ops import registry
+from opencann.ops import blas, cpu_einsum, registry
 from opencann.ops.cpu_einsum import contraction
 from opencann.runtime import Executor
 from tests.test_cpu_nn import randn
@@ -78,3 +78,62 @@ def test_einsum_node_in_a_plan_writes_its_planned_buffer():
     for _ in range(2):
         got = Executor(graph).run([a, b])[0]
         np.testing.assert_allclose(got, np.einsum("BTNH,BSNH->BNTS", a, b), rtol=1e-5, atol=1e-5)
+
+
+MKL = pytest.mark.skipif(blas.library() is None, reason="needs MKL")
+
+
+@pytest.fixture
+def stack_calls(monkeypatch):
+    """The number of MKL stack products the kernel ran (the Numba stack loop, counted)."""
+    calls = []
+    original = cpu_einsum._gemm_stack
+
+    def counted(*args):
+        calls.append(args[4:6])  # the transpose flags
+        return original(*args)
+    monkeypatch.setattr(cpu_einsum, "_gemm_stack", counted)
+    return calls
+
+
+@MKL
+@pytest.mark.parametrize("equation,sa,sb", [("BTNH,BSNH->BNTS", (8, 32, 4, 16), (8, 24, 4, 16)),
+                                            ("bij,bkj->bik", (16, 40, 24), (16, 30, 24)),
+                                            ("ik,jk->ij", (96, 64), (80, 64))])
+def test_transposed_second_operand_stacks_run_mkl(equation, sa, sb, stack_calls):
+    fast, _ = kernels()
+    a, b = randn(*sa), randn(*sb)
+    want = np.einsum(equation, a.astype(np.float64), b.astype(np.float64))
+    out = np.full(want.shape, np.nan, F32)
+    assert fast(a, b, equation=equation, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert stack_calls == [(False, True)]
+    np.testing.assert_allclose(fast(np.asfortranarray(a), b, equation=equation), want, rtol=1e-5, atol=1e-5)
+    a, b = a[tuple(slice(3) for _ in sa)], b[tuple(slice(3) for _ in sb)].copy()
+    np.testing.assert_allclose(fast(a, b, equation=equation), np.einsum(equation, a, b), rtol=1e-5, atol=1e-5)
+    assert len(stack_calls) == 1  # an operand of another layout and a small product: NumPy's matmul
+
+
+@MKL
+def test_stacked_products_into_a_transposed_result():
+    a, b = randn(8, 64, 32), randn(8, 32, 48)  # y3 = a @ b, y3 a transposed view: y^T = b^T a^T reads a transposed
+    y = np.full((8, 48, 64), np.nan, F32)
+    y3 = y.transpose(0, 2, 1)
+    b_first, args = cpu_einsum._stack_args(a, b, y3)
+    assert b_first and args[:2] == (True, True)
+    cpu_einsum._gemm_stack(blas.sgemm_address(), b.reshape(-1), a.reshape(-1), y.reshape(-1), *args)
+    np.testing.assert_allclose(y3, np.matmul(a.astype(np.float64), b), rtol=1e-5, atol=1e-5)
+    assert cpu_einsum._stack_args(a, b, np.empty((8, 64, 48), F32)) is None  # no transposed second: NumPy's matmul
+
+
+def test_plans_are_kept_per_equation_and_shapes():
+    fast, _ = kernels()
+    cpu_einsum._plan.cache_clear()
+    a, b = randn(2, 3, 4), randn(2, 5, 4)
+    for _ in range(3):
+        np.testing.assert_allclose(fast(a, b, equation="bij,bkj->bik"), np.einsum("bij,bkj->bik", a, b), rtol=1e-5,
+                                   atol=1e-5)
+    assert cpu_einsum._plan.cache_info().misses == 1
+    assert cpu_einsum._plan("ij,jk->ik", (2, 3), (4, 5)) is None  # sizes that differ: the general path says why
+    assert cpu_einsum._plan("ij,jk->ik", (2, 0), (0, 5)) is None
+    assert cpu_einsum._plan("abc,cd->adb", (2, 3, 4), (4, 5)) is None  # the result is no view of the product

@@ -226,6 +226,35 @@ def test_scatternd_add_matches_the_reference_and_checks_indices():
                                                       reduction="mul"))
 
 
+@pytest.mark.parametrize("opset,shape,axes,keepdims", [(13, (32, 32, 4, 16), [0, 1], 1), (13, (5, 7, 3), [1, 0], 0),
+                                                     (13, (9, 6), [-2], 1), (11, (4, 3, 2), [0], 0)])
+def test_reduce_sum_over_leading_axes_gives_the_references_bits(opset, shape, axes, keepdims):
+    d = lookup("ReduceSum", opset)
+    assert d.kernel_for("cpu") is fast.reduce_sum_cpu
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    args, kw = ((x, np.array(axes)), {}) if opset >= 13 else ((x,), {"axes": axes})
+    got = fast.reduce_sum_cpu(*args, keepdims=keepdims, **kw)
+    want = d.reference(*args, keepdims=keepdims, **kw)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(tuple(axes), keepdims=bool(keepdims)), rtol=1e-5,
+                               atol=1e-4)  # float32 sums of up to 1024 values
+
+
+@pytest.mark.parametrize("x,axes,noop", [(np.ones((3, 4), np.float32), np.array([1]), 0),  # trailing axes
+                                         (np.ones((3, 4), np.float32), None, 0), (np.ones((3, 4), np.float32), None, 1),
+                                         (np.ones((4, 3), np.float32).T, np.array([0]), 0),  # not contiguous
+                                         (np.ones((3, 4)), np.array([0]), 0), (np.ones((0, 4), np.float32), [0], 0)])
+def test_reduce_sum_other_cases_are_the_reference(x, axes, noop):
+    d = lookup("ReduceSum", 13)
+    got = fast.reduce_sum_cpu(x, axes, noop_with_empty_axes=noop)
+    want = d.reference(x, axes, noop_with_empty_axes=noop)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(AclError):
+        fast.reduce_sum_cpu(np.ones((3, 4), np.float32), np.array([2]))
+
+
 if __name__ == "__main__":
     a, b = np.ones(64, np.float32), np.ones(64, np.float32)
     idx, table = np.arange(20).reshape(1, 20), np.ones((1000, 64), np.float32)

@@ -7,10 +7,13 @@ executor's planned ``out`` buffer when it has the result's shape and dtype. Sigm
 overflow-free formula as NumPy's SIMD ``exp`` between two vectorized Numba loops (the same bits). Gather
 lets ``np.take`` check the index range (it accepts ``-dim <= i < dim``, as ONNX does) instead of two
 reductions. ScatterND(reduction="add") and TensorFlow's UnsortedSegmentSum add rows in one Numba loop
-that checks each index (``np.add.at`` costs ~0.5 ms). Anything else goes to the reference kernel.
+that checks each index (``np.add.at`` costs ~0.5 ms). ReduceSum over the leading axes of a contiguous float32
+array (a bias gradient: (32, 32, 4, 16) -> (1, 1, 4, 16) in ~6 us instead of ~35 us) adds the rows in one vectorized
+Numba loop, in NumPy's order (the same bits). Anything else goes to the reference kernel.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -20,6 +23,8 @@ from opencann.errors import AclError, ErrorCode
 from opencann.ops import activation as ref_activation
 from opencann.ops import elementwise as ref
 from opencann.ops import indexing as ref_indexing
+from opencann.ops import reduce as ref_reduce
+from opencann.ops import registry
 from opencann.ops import tf_sparse as ref_sparse
 from opencann.ops.registry import kernel
 
@@ -27,6 +32,7 @@ from opencann.ops.registry import kernel
 _PLAIN = frozenset(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                          np.uint32, np.uint64, np.float32, np.float64))
 _FLOATS = frozenset((np.dtype(np.float32), np.dtype(np.float64)))
+_F32 = np.dtype(np.float32)
 
 
 def output_buffer(out, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -144,6 +150,37 @@ def _unary(fn, reference, in_place: bool):
 
 kernel("Sigmoid", "cpu")(_unary(_sigmoid, ref_activation.sigmoid, in_place=False))
 kernel("Tanh", "cpu")(_unary(lambda x, out: np.tanh(x, out=out), ref_activation.tanh, in_place=True))
+
+
+# --- ReduceSum ------------------------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _sum_rows(x, y):
+    """``y = x.sum(axis=0)`` for a 2-D float32 ``x``, row after row (NumPy's order for an outer reduction)."""
+    y[:] = x[0]
+    for i in range(1, x.shape[0]):
+        row = x[i]
+        for j in range(y.shape[0]):
+            y[j] += row[j]
+
+
+@kernel("ReduceSum", "cpu")
+def reduce_sum_cpu(data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    """float32, C-contiguous, reduced over its leading axes (not all): one Numba loop; else the reference."""
+    if type(data) is np.ndarray and data.dtype == _F32 and data.size and data.flags.c_contiguous:
+        ax = ref_reduce._axes(data, axes, noop_with_empty_axes)
+        lead = len(ax)
+        if 0 < lead < data.ndim and ax[-1] == lead - 1:
+            y = np.empty((1,) * lead * bool(keepdims) + data.shape[lead:], _F32)
+            _sum_rows(data.reshape(math.prod(data.shape[:lead]), -1), y.reshape(-1))
+            return y
+    return _reduce_sum_reference()(data, axes, keepdims=keepdims, noop_with_empty_axes=noop_with_empty_axes)
+
+
+@functools.cache
+def _reduce_sum_reference():
+    """The reference ReduceSum (one kernel for every version; looked up once, after the library has loaded)."""
+    return registry.lookup("ReduceSum", 13).reference
 
 
 # --- Gather, scatter-adds -------------------------------------------------------------------------
