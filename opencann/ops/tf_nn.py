@@ -204,7 +204,18 @@ def _group_filter(w: np.ndarray, groups: int) -> np.ndarray:
     return split.transpose(nd + 1, nd, *range(nd), nd + 2).reshape(groups, cg * math.prod(w.shape[:nd]), -1)
 
 
-@op("ConvBackpropInput", domain=DOMAIN)
+def _infer_sized(sizes: int, like: int):
+    """The type of a gradient whose shape is its constant input ``sizes``, its dtype input ``like``'s (None when
+    the sizes are not constant: the importer keeps TensorFlow's shape)."""
+    def infer(node: Node) -> list:
+        shape, t = node.inputs[sizes].const, node.inputs[like].type
+        if shape is None or not isinstance(t, TensorType):
+            return [None]
+        return [TensorType(t.dtype, tuple(int(s) for s in np.asarray(shape).reshape(-1)))]
+    return infer
+
+
+@op("ConvBackpropInput", domain=DOMAIN, infer=_infer_sized(0, 2))
 def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
                         dilations=(), data_format="NHWC", depthwise=0):
     """Conv2DBackpropInput / Conv3DBackpropInputV2 / DepthwiseConv2dNativeBackpropInput (``depthwise=1``)."""
@@ -222,7 +233,7 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     return _from_last(dx, data_format).astype(out_backprop.dtype, copy=False)
 
 
-@op("ConvBackpropFilter", domain=DOMAIN)
+@op("ConvBackpropFilter", domain=DOMAIN, infer=_infer_sized(1, 0))
 def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
                          dilations=(), data_format="NHWC", depthwise=0):
     """Conv2DBackpropFilter / Conv3DBackpropFilterV2 / DepthwiseConv2dNativeBackpropFilter (``depthwise=1``)."""
@@ -267,7 +278,7 @@ def _first_max_tap(win: np.ndarray, nd: int) -> np.ndarray:
     return arg
 
 
-@op("MaxPoolGrad", domain=DOMAIN)
+@op("MaxPoolGrad", domain=DOMAIN, infer=lambda node: [node.inputs[0].type])
 def max_pool_grad(orig_input, orig_output, grad, *, ksize=(), strides=(), padding="VALID", explicit_paddings=(),
                   data_format="NHWC", relu=0):
     """MaxPoolGrad / MaxPool3DGrad: each window's gradient goes to its maximum. ``relu=1``: followed by ReluGrad

@@ -141,7 +141,22 @@ def fused_batch_norm(ctx: Context, op):
 def conv_grad(ctx: Context, op):
     kernel, depthwise = GRADS[op.type]
     rank = len(ctx.attr(op, "strides"))
-    return [ctx.node(kernel, ctx.inputs(op), domain="opencann", depthwise=depthwise, **_tf_conv_attrs(ctx, op, rank))]
+    inputs = ctx.inputs(op)
+    at = 0 if kernel == "ConvBackpropInput" else 1
+    inputs[at] = _static_sizes(ctx, op.inputs[at]) or inputs[at]
+    return [ctx.node(kernel, inputs, domain="opencann", depthwise=depthwise, **_tf_conv_attrs(ctx, op, rank))]
+
+
+def _static_sizes(ctx: Context, t):
+    """A gradient's sizes input as a constant where TensorFlow takes it as the shape of a tensor whose converted
+    value has a static type (the training step's batch is fixed): the gradient's output type is then static too,
+    and the executor plans its buffer."""
+    if t.op.type not in ("Shape", "ShapeN"):
+        return None
+    shape = getattr(ctx.input(t.op, t.value_index).type, "shape", None)
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return ctx.const(np.array(shape, t.dtype.as_numpy_dtype))
 
 
 def _tf_conv_attrs(ctx: Context, op, rank: int) -> dict:
