@@ -4,8 +4,11 @@ The kernel takes C-contiguous arrays (the wrapper in ``build.py`` guarantees it;
 shape ``(1,)`` and float16 arrives as float32, since Numba has no float16 on the CPU). Map stages over
 operands of one shape use a flat loop; others use nested loops over the output shape with NumPy's
 broadcasting folded into the index expressions. Reductions are loops with an accumulator (a scalar per
-output, or an array filled in memory order when the innermost axis is kept). float32 exp, tanh and erf
-use the vectorizable ``HELPERS`` below.
+output, or an array filled in memory order when the innermost axis is kept). Consecutive stages over one
+iteration space that do not read each other's results share one loop nest (one pass over their inputs), and a
+subexpression that varies along only a few of a nest's axes (``in[c] / 169.0`` inside a loop over (n, h, w, c))
+is computed once per distinct value into a small array before the nest: the same operations on the same values,
+so results are bit-identical. float32 exp, tanh and erf use the vectorizable ``HELPERS`` below.
 """
 from __future__ import annotations
 
@@ -105,14 +108,24 @@ class Uses:
     helpers: set = field(default_factory=set)
 
 
+HOIST_RATIO = 4  # hoist a subexpression when it has at most 1/HOIST_RATIO as many distinct values as evaluations
+
+
 class _Body(BodyEmitter):
-    """A Numba loop body."""
+    """A Numba loop body; ``hoisted`` maps id(node) -> (array name, varying axes) of precomputed subexpressions."""
 
     literal = staticmethod(literal)
 
-    def __init__(self, plan: Plan, flat: bool, uses: Uses):
+    def __init__(self, plan: Plan, flat: bool, uses: Uses, hoisted: dict | None = None):
         super().__init__(plan, flat)
-        self.uses = uses
+        self.uses, self.hoisted = uses, hoisted or {}
+
+    def _emit(self, node: Tensor, idx: list) -> str:
+        if id(node) in self.hoisted:
+            name, axes = self.hoisted[id(node)]
+            at = [i if k in axes else "0" for k, i in enumerate(idx)]
+            return self._assign(node, f"{name}[{', '.join(at) or '0'}]", "load " + name)
+        return super()._emit(node, idx)
 
     def load(self, buf: str, node: Tensor, idx: list) -> str:
         if self.flat:
@@ -148,9 +161,28 @@ def _acc_type(dtype: str) -> str:
     return "np.float64" if dtype in FLOATS else CTYPE[dtype]
 
 
-def _loops(dims: list, parallel: bool) -> list:
-    """Loop headers over (var, extent) pairs, the first one a prange when parallel."""
-    return [f"for {v} in {'prange' if parallel and k == 0 else 'range'}({n}):" for k, (v, n) in enumerate(dims)]
+def _loops(dims: list, parallel: bool, runtime: bool = True) -> list:
+    """Loop headers over (var, extent) pairs, the first one a prange when parallel. With ``runtime``, the
+    innermost loop of a sequential nest runs to ``n_<extent>``, read from an argument's shape at run time
+    (see ``_extents``)."""
+    last = -1 if parallel or not runtime else len(dims) - 1
+    return [f"for {v} in {'prange' if parallel and k == 0 else 'range'}({f'n_{n}' if k == last else n}):"
+            for k, (v, n) in enumerate(dims)]
+
+
+def _extents(plan: Plan, args: list, body: list) -> list:
+    """Definitions of the ``n_<extent>`` loop bounds in ``body``: an argument's dimension of that extent where
+    there is one. With a constant bound LLVM unrolls a short innermost loop completely and, outside a prange
+    body, the unrolled code stays scalar (it cannot prove the arrays apart: 1.2-1.4x slower measured); a run-time
+    bound gets the loop vectorized behind an aliasing check. A prange body is vectorized either way, faster
+    with the constant."""
+    shapes = [t.shape or (1,) for t in plan.inputs + plan.outputs]
+    lines = []
+    for n in sorted({int(m) for m in re.findall(r"\bn_(\d+)\b", "\n".join(body))}):
+        where = next(((a, k) for a, shape in zip(args, shapes, strict=True) for k, d in enumerate(shape) if d == n),
+                     None)
+        lines.append(f"    n_{n} = {where[0]}.shape[{where[1]}]" if where else f"    n_{n} = {n}")
+    return lines
 
 
 def _nest(headers: list, body: list, indent: int) -> list:
@@ -163,9 +195,9 @@ def _index_vars(shape: tuple) -> list:
     return ["0" if d == 1 else f"i{k}" for k, d in enumerate(shape)]
 
 
-def _map_stage(plan: Plan, stage: Stage, uses: Uses) -> list:
+def _map_stage(plan: Plan, stage: Stage, uses: Uses, hoisted: dict) -> list:
     flat = is_flat(plan, stage)
-    body = _Body(plan, flat, uses)
+    body = _Body(plan, flat, uses, None if flat else hoisted)  # a flat loop recomputes what other nests hoisted
     idx = ["i"] if flat else _index_vars(stage.shape)
     stores = []
     for node in stage.nodes:
@@ -191,47 +223,157 @@ def _identity(op: str, dtype: str) -> str:
     return str(info.min if op == "reduce_max" else info.max)
 
 
-def _reduce_stage(plan: Plan, stage: Stage, uses: Uses) -> list:
-    """Loops with a scalar accumulator per output element; when the innermost axis is kept, one pass in
-    memory order accumulating into an array instead (no strided walks down columns)."""
+def _walk_kept(stage: Stage) -> tuple:
+    """The loops of a reduce stage: all its non-trivial axes, and the kept ones."""
+    axes = stage.nodes[0].attrs["axes"]
+    walk = [(f"i{k}", d) for k, d in enumerate(stage.shape) if d != 1]
+    return walk, [(f"i{k}", d) for k, d in enumerate(stage.shape) if k not in axes and d != 1]
+
+
+def _in_memory_order(stage: Stage) -> bool:
+    """True for a reduction keeping the innermost axis: it accumulates into an array in one memory-order pass."""
+    walk, kept = _walk_kept(stage)
+    return bool(walk and kept and walk[-1] == kept[-1] and len(walk) > len(kept))
+
+
+def _reduce_parts(plan: Plan, stage: Stage, body: _Body, idx: list) -> tuple:
+    """(statements before the nest, the update inside it, the store loops after it, the output per accumulator)."""
     node, shape = stage.nodes[0], stage.shape
     axes, op, acc_t = node.attrs["axes"], node.op, _acc_type(node.dtype)
-    body = _Body(plan, False, uses)
-    idx = _index_vars(shape)
     v = body.value(node.inputs[0], idx)
-    kept = [(f"i{k}", d) for k, d in enumerate(shape) if k not in axes and d != 1]
     out_idx = ", ".join(idx[k] if k not in axes else "0" for k in range(len(shape))
                         if node.attrs["keepdims"] or k not in axes)
     mean = f" / {math.prod(shape[k] for k in axes)}" if op == "reduce_mean" else ""
     store = lambda acc: [f"{b}[{out_idx or '0'}] = {CTYPE[node.dtype]}({acc}{mean})" for b in plan.buffers[id(node)]]
     init = f"{acc_t}({_identity(op, node.dtype)})"
-    walk = [(f"i{k}", d) for k, d in enumerate(shape) if d != 1]
-    if walk and kept and walk[-1] == kept[-1] and len(walk) > len(kept):  # innermost loop kept: memory order
-        accs = f"acc_{plan.buffers[id(node)][0]}"
-        acc = f"{accs}[{', '.join(name for name, _ in kept)}]"
-        lines = [f"{accs} = np.full({tuple(d for _, d in kept)}, {init}, {acc_t})"]
-        lines += _nest(_loops(walk, stage.parallel and walk[0] == kept[0]), body.lines + [_update(op, acc_t, acc, v)],
-                       0)
-        return ["    " + line for line in lines + _nest(_loops(kept, False), store(acc), 0)]
-    reduced = [(f"i{k}", d) for k, d in enumerate(shape) if k in axes and d != 1]
-    inner = _nest(_loops(reduced, False), body.lines + [_update(op, acc_t, "acc", v)], 0)
-    return _nest(_loops(kept, stage.parallel and bool(kept)), [f"acc = {init}"] + inner + store("acc"), 4)
+    _, kept = _walk_kept(stage)
+    if not _in_memory_order(stage):
+        return [f"acc = {init}"], _update(op, acc_t, "acc", v), store("acc")
+    accs = f"acc_{plan.buffers[id(node)][0]}"
+    acc = f"{accs}[{', '.join(name for name, _ in kept)}]"
+    pre = [f"{accs} = np.full({tuple(d for _, d in kept)}, {init}, {acc_t})"]
+    return pre, _update(op, acc_t, acc, v), _nest(_loops(kept, False), store(acc), 0)
+
+
+def _reduce_stage(plan: Plan, stage: Stage, uses: Uses, hoisted: dict) -> list:
+    """Loops with a scalar accumulator per output element; when the innermost axis is kept, one pass in
+    memory order accumulating into an array instead (no strided walks down columns)."""
+    body = _Body(plan, False, uses, hoisted)
+    walk, kept = _walk_kept(stage)
+    pre, update, post = _reduce_parts(plan, stage, body, _index_vars(stage.shape))
+    if _in_memory_order(stage):
+        nest = _nest(_loops(walk, stage.parallel and walk[0] == kept[0]), body.lines + [update], 0)
+        return ["    " + line for line in pre + nest + post]
+    reduced = [(f"i{k}", d) for k, d in enumerate(stage.shape) if k in stage.nodes[0].attrs["axes"] and d != 1]
+    inner = _nest(_loops(reduced, False, runtime=False), body.lines + [update], 0)  # a scalar chain: no SIMD
+    return _nest(_loops(kept, stage.parallel and bool(kept)), pre + inner + post, 4)
+
+
+def _merged_stages(plan: Plan, stages: list, uses: Uses, hoisted: dict) -> list:
+    """Stages over one iteration space as one loop nest: map stores and memory-order reduction updates."""
+    body, idx = _Body(plan, False, uses, hoisted), _index_vars(stages[0].shape)
+    walk = [(f"i{k}", d) for k, d in enumerate(stages[0].shape) if d != 1]
+    pre, inner, post, parallel = [], [], [], all(s.parallel for s in stages)
+    for stage in stages:
+        if stage.kind == "map":
+            for node in stage.nodes:
+                v = body.value(node, idx)
+                inner += [f"{b}[{', '.join(idx)}] = {v}" for b in plan.buffers[id(node)] if b.startswith("out")]
+            continue
+        first, update, last = _reduce_parts(plan, stage, body, idx)
+        pre, post, parallel = pre + first, post + last, parallel and walk[0] == _walk_kept(stage)[1][0]
+        inner.append(update)
+    return ["    " + line for line in pre + _nest(_loops(walk, parallel), body.lines + inner, 0) + post]
+
+
+def _reads(plan: Plan, stage: Stage) -> set:
+    """The buffers a stage's expressions load."""
+    todo, seen, names = [n.inputs[0] if stage.kind == "reduce" else n for n in stage.nodes], set(), set()
+    while todo:
+        node = todo.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            home = plan.home(node)
+            names.add(home) if home else todo.extend(node.inputs)
+    return names
+
+
+def _groups(plan: Plan) -> list:
+    """Consecutive stages that can share a loop nest: one iteration space (not a flat map), memory-order
+    reductions, and none reading a buffer another one of the group writes."""
+    mergeable = lambda s: s.kind == "map" or _in_memory_order(s)
+    groups: list = []
+    for stage in plan.stages:
+        group = groups[-1] if groups else []
+        writes = {b for s in group for n in s.nodes for b in plan.buffers[id(n)]}
+        if (group and mergeable(stage) and mergeable(group[0]) and group[0].shape == stage.shape
+                and not _reads(plan, stage) & writes):
+            group.append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _varies(plan: Plan, node: Tensor, memo: dict) -> frozenset:
+    """The axes of ``node.shape`` along which its value changes."""
+    if id(node) not in memo:
+        if node.op == "const":
+            axes = frozenset()
+        elif plan.home(node) is not None:
+            axes = frozenset(k for k, d in enumerate(node.shape) if d != 1)
+        else:
+            axes = frozenset(a + node.ndim - i.ndim for i in node.inputs for a in _varies(plan, i, memo))
+        memo[id(node)] = axes
+    return memo[id(node)]
+
+
+def _hoist(plan: Plan, stages: list, uses: Uses, hoisted: dict) -> list:
+    """Loops computing, before a nest over ``stages``, the subexpressions with few distinct values (largest first)."""
+    if len(stages) == 1 and is_flat(plan, stages[0]):
+        return []
+    size, memo, lines = math.prod(stages[0].shape), {}, []
+    todo = [n.inputs[0] if s.kind == "reduce" else n for s in stages for n in s.nodes]
+    while todo:
+        node = todo.pop()
+        if id(node) in hoisted or node.op in ("const", "placeholder") or plan.home(node) is not None:
+            continue
+        axes = _varies(plan, node, memo)
+        if node.op == "broadcast" or math.prod(node.shape[a] for a in axes) * HOIST_RATIO > size:
+            todo.extend(node.inputs)
+            continue
+        name = f"h{len(hoisted)}"
+        body = _Body(plan, False, uses, hoisted)
+        idx = [f"i{k}" if k in axes else "0" for k in range(node.ndim)]
+        v = body.value(node, idx)
+        shape = tuple(d if k in axes else 1 for k, d in enumerate(node.shape)) or (1,)
+        lines += [f"    {name} = np.empty({shape}, {CTYPE[node.dtype]})"]
+        store = [f"{name}[{', '.join(idx) or '0'}] = {v}"]
+        lines += _nest(_loops([(f"i{k}", node.shape[k]) for k in sorted(axes)], False), body.lines + store, 4)
+        hoisted[id(node)] = (name, axes)
+    return lines
 
 
 def generate(plan: Plan, key: str) -> str:
     """The module source: imports, the helpers it uses and ``kernel(in..., out...)``."""
     args = [f"in{k}" for k in range(len(plan.inputs))] + [f"out{k}" for k in range(len(plan.outputs))]
-    uses, body = Uses(), []
-    for k, stage in enumerate(plan.stages):
-        what = ", ".join(f"{'/'.join(plan.buffers[id(n)])} = {describe(n, plan)}" for n in stage.nodes)
-        body.append(f"    # stage {k}: {stage.kind} over {stage.shape}: {what}")
-        body += (_map_stage if stage.kind == "map" else _reduce_stage)(plan, stage, uses)
+    uses, body, hoisted, k = Uses(), [], {}, 0
+    for group in _groups(plan):
+        for stage in group:
+            what = ", ".join(f"{'/'.join(plan.buffers[id(n)])} = {describe(n, plan)}" for n in stage.nodes)
+            body.append(f"    # stage {k}: {stage.kind} over {stage.shape}: {what}")
+            k += 1
+        body += _hoist(plan, group, uses, hoisted)
+        if len(group) > 1:
+            body += _merged_stages(plan, group, uses, hoisted)
+        else:
+            body += (_map_stage if group[0].kind == "map" else _reduce_stage)(plan, group[0], uses, hoisted)
     temps = [f"    {name} = np.empty({node.shape or (1,)}, {CTYPE[node.dtype]})" for name, node in plan.temps]
     aliases = [f"    {b}_f = {b}.reshape(-1)" for b in sorted(uses.flats)]
-    parallel = any(s.parallel for s in plan.stages)
+    parallel = any("prange(" in line for line in body)
     head = [f'"""opencann TBE kernel {key[:16]} (generated; CPU, Numba)."""', "import math", "",
             "import numpy as np", "from numba import njit, prange", ""]
     helpers = [f'\n@njit(inline="always")\n{HELPERS[h]}\n' for h in sorted(uses.helpers)]
     fn = ["", f"@njit(parallel={parallel}, fastmath=False, cache=True, error_model='numpy')",
-          f"def kernel({', '.join(args)}):"] + temps + aliases + body + ["    return None", ""]
+          f"def kernel({', '.join(args)}):"] + temps + aliases + _extents(plan, args, body) + body
+    fn += ["    return None", ""]
     return "\n".join(head + helpers + fn)

@@ -103,6 +103,7 @@ def test_atc_om_load_run(tmp_path, device):
 
 def test_tensorflow_op_mapped_to_custom_op():
     tf = pytest.importorskip("tensorflow")
+    import opencann.frontends.tensorflow.ops  # noqa: F401  (the built-in converters, before saving them)
     from opencann.frontends.tensorflow import import_tensorflow
     from opencann.frontends.tensorflow.importer import CONVERTERS
 
