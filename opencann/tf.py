@@ -33,8 +33,8 @@ _tf_call_flat = None  # TensorFlow's own ConcreteFunction._call_flat, while the 
 def enable(device: int = 0, precision_mode: str = "force_fp32", dump_graphs: str | None = None,
            threads: int = 1) -> Adapter:
     """Route tf.function execution to opencann (idempotent); returns the adapter (its ``programs``,
-    ``executions`` counters show what ran). ``threads``: BLAS and Numba threads while a step runs
-    (TensorFlow's own pools are idle then; 0 leaves them as configured)."""
+    ``executions`` counters show what ran). ``threads``: opencann's workers while a step runs, the libraries
+    (BLAS, Numba) on one thread (TensorFlow's own pools are idle then; 0 leaves everything as configured)."""
     global _adapter, _tf_call_flat
     from tensorflow.python.eager import context
     from tensorflow.python.eager.polymorphic_function import concrete_function
