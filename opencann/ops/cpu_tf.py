@@ -174,28 +174,31 @@ _ONE, _ZERO = np.float32(1), np.float32(0)
 
 
 @numba.njit(cache=True, nogil=True)
+def _gather(x, cols, k, rows, geom):
+    """The windows of ``x`` into the scratch ``cols``: tap-major ``(k, rows)`` for few channels (returns True),
+    else ``(rows, k)``; and the leading dimension of that layout."""
+    if x.shape[3] <= FEW_CHANNELS:
+        _im2col_taps(x, cols[:k * rows].reshape(k, rows), *geom)
+        return True, max(rows, 1)
+    _im2col(x, cols[:rows * k].reshape(rows, k), *geom)
+    return False, k
+
+
+@numba.njit(cache=True, nogil=True)
 def _conv_group(fn, x, w, y, cols, geom):
     """A group of images' convolution: ``y (n, ho, wo, m) = windows(x) @ w (k, m)``, the windows gathered into
     the scratch ``cols``, the product by ``cblas_sgemm`` at ``fn``."""
     (k, m), rows = w.shape, y.shape[0] * y.shape[1] * y.shape[2]
-    if x.shape[3] <= FEW_CHANNELS:
-        _im2col_taps(x, cols[:k * rows].reshape(k, rows), *geom)
-        gemm(fn, True, False, rows, m, k, _ONE, cols, 0, max(rows, 1), w, 0, m, _ZERO, y, 0, m)
-    else:
-        _im2col(x, cols[:rows * k].reshape(rows, k), *geom)
-        gemm(fn, False, False, rows, m, k, _ONE, cols, 0, k, w, 0, m, _ZERO, y, 0, m)
+    taps, ld = _gather(x, cols, k, rows, geom)
+    gemm(fn, taps, False, rows, m, k, _ONE, cols, 0, ld, w, 0, m, _ZERO, y, 0, m)
 
 
 @numba.njit(cache=True, nogil=True)
 def _filter_grad_group(fn, x, dy, part, cols, geom):
     """A group of images' filter gradient: ``part (k, m) = windows(x).T @ dy (n, ho, wo, m)``."""
     (k, m), rows = part.shape, dy.shape[0] * dy.shape[1] * dy.shape[2]
-    if x.shape[3] <= FEW_CHANNELS:
-        _im2col_taps(x, cols[:k * rows].reshape(k, rows), *geom)
-        gemm(fn, False, False, k, m, rows, _ONE, cols, 0, max(rows, 1), dy, 0, m, _ZERO, part, 0, m)
-    else:
-        _im2col(x, cols[:rows * k].reshape(rows, k), *geom)
-        gemm(fn, True, False, k, m, rows, _ONE, cols, 0, k, dy, 0, m, _ZERO, part, 0, m)
+    taps, ld = _gather(x, cols, k, rows, geom)
+    gemm(fn, not taps, False, k, m, rows, _ONE, cols, 0, ld, dy, 0, m, _ZERO, part, 0, m)
 
 
 @numba.njit(cache=True, nogil=True)
