@@ -277,3 +277,18 @@ def test_gemm_from_compiled_code_honours_offsets_leading_dimensions_and_scales(t
 def test_sgemm_address_is_zero_without_mkl(monkeypatch):
     monkeypatch.setattr(blas, "library", lambda: None)
     assert blas.sgemm_address() == 0
+
+
+def test_aligned_copies_a_misaligned_constant_once():
+    buf = np.arange(64 * 33, dtype=np.float32)
+    start = (-buf.ctypes.data // 4) % 16 + 4  # 16 bytes past a 64-byte boundary
+    x = buf[start:start + 64 * 32].reshape(64, 32)
+    assert x.ctypes.data % 64 == 16
+    assert blas.aligned(x) is x  # not a constant: used as it is
+    blas.constant(x)
+    a = blas.aligned(x)
+    assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and np.array_equal(a, x)
+    assert blas.aligned(x) is a
+    y = blas._aligned_empty((8, 8), np.float32)
+    blas.constant(y)
+    assert blas.aligned(y) is y

@@ -51,6 +51,7 @@ MAX_PACKS = 4  # packed copies kept per constant (one per row count m, alpha, vi
 _constants: dict[int, weakref.ref] = {}  # id -> the arrays declared constant
 _packs: dict[int, dict] = {}  # id of a constant -> {(address, shape, strides, trans, m, alpha): packed op(b)}
 _transposes: dict[int, tuple] = {}  # id of a constant or a view of one -> (weak reference to it, its transpose)
+_aligned: dict[int, tuple] = {}  # id of a constant -> (weak reference to it, its 64-byte aligned copy)
 
 
 def _candidates() -> list[str]:
@@ -223,6 +224,21 @@ def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 def _is_constant(x: np.ndarray) -> bool:
     return id(x) in _constants or x.base is not None and id(x.base) in _constants
+
+
+def aligned(x: np.ndarray) -> np.ndarray:
+    """``x`` itself when it is C-contiguous on a 64-byte boundary or not a constant (see :func:`constant`), else a
+    64-byte aligned copy made once and kept while ``x`` lives (a weight read row by row in vector code: one 16 bytes
+    off measured 1.45x slower in the LSTM recurrence's mat-vecs)."""
+    if (x.flags.c_contiguous and x.ctypes.data % 64 == 0) or not _is_constant(x):
+        return x
+    key = id(x)
+    hit = _aligned.get(key)
+    if hit is None or hit[0]() is not x:
+        copy = _aligned_empty(x.shape, x.dtype)
+        np.copyto(copy, x)
+        hit = _aligned[key] = (weakref.ref(x, lambda _, key=key: _aligned.pop(key, None)), copy)
+    return hit[1]
 
 
 def transposed(x: np.ndarray) -> np.ndarray:

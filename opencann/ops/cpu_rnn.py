@@ -624,7 +624,7 @@ def embedding_lstm(tokens, table, RT, initial_h=None, initial_c=None, *, batch_m
     batch, hidden = _check_embedding_lstm(tokens, table, RT, initial_h, initial_c, batch_major)
     h, c = (np.zeros((1, batch, hidden), F32) if s is None else s.copy() for s in (initial_h, initial_c))
     y = np.empty((tokens.shape[1 if batch_major else 0] if sequence else 0, 1, batch, hidden), F32)
-    gemm = _gemm_for(batch)
+    gemm, RT = _gemm_for(batch), blas.aligned(RT)
     if gemm is None:
         ok = _embedding_lstm_seq(tokens, bool(batch_major), table, RT, h, c, y)
     else:
