@@ -19,7 +19,7 @@ from opencann.ops.registry import op
 def _ints(v) -> list[int]:
     """A shape-like input or attribute (array, list, scalar) as a list of Python ints."""
     if type(v) is np.ndarray and v.dtype.kind in "iu":
-        return v.reshape(-1).tolist()
+        return (v if v.ndim == 1 else v.reshape(-1)).tolist()  # the usual 1-D shape input: no reshape (~0.6 us)
     return [int(i) for i in np.asarray(v).reshape(-1)]
 
 
@@ -122,8 +122,7 @@ def identity(x):
 @op("Reshape", since=5)
 def reshape(data, shape=None, *, allowzero=0, consumed_inputs=None):
     """Reshape-1 takes ``shape`` as an attribute (and a legacy ``consumed_inputs``, ignored)."""
-    one_d = type(shape) is np.ndarray and shape.ndim == 1 and shape.dtype.kind in "iu"
-    dims = shape.tolist() if one_d else _ints(shape)  # the usual shape input, as a list: ~0.6 us less a call
+    dims = _ints(shape)
     if not allowzero and 0 in dims:
         dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     try:
