@@ -4,8 +4,10 @@ The kernel takes C-contiguous arrays (the wrapper in ``build.py`` guarantees it;
 shape ``(1,)`` and float16 arrives as float32, since Numba has no float16 on the CPU). Map stages over
 operands of one shape use a flat loop; others use nested loops over the output shape with NumPy's
 broadcasting folded into the index expressions. Reductions are loops with an accumulator (a scalar per
-output, or an array filled in memory order when the innermost axis is kept). Consecutive stages over one
-iteration space that do not read each other's results share one loop nest (one pass over their inputs), and a
+output, or an array filled in memory order when the innermost axis is kept); a sum along the innermost axis fills
+a float64 row and adds it to eight partial sums (:class:`_Lanes`: vector code, not a chain of scalar adds).
+Consecutive stages over one iteration space that do not read each other's results share one loop nest (one pass
+over their inputs: maps, memory-order reductions and such row sums), and a
 subexpression that varies along only a few of a nest's axes (``in[c] / 169.0`` inside a loop over (n, h, w, c))
 is computed once per distinct value into a small array before the nest: the same operations on the same values,
 so results are bit-identical. float32 exp, tanh and erf use the vectorizable ``HELPERS`` below.
@@ -33,7 +35,10 @@ SCALAR_OPS = {"vadds": "vadd", "vmuls": "vmul", "vmaxs": "vmax", "vmins": "vmin"
 CMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 # Helpers for float32 math (float16 runs in float32 too). libm's expf/tanhf/erf are scalar calls; these are
 # branch-free polynomial forms LLVM vectorizes: exp is Cephes' expf (within 1 ulp of the true value),
-# tanh and erf Eigen's rational approximations (within 6 and 8 ulp). Numba inlines them into the kernel.
+# tanh and erf Eigen's rational approximations (within 7 and 6 ulp). exp's and erf's polynomials run as fused
+# multiply-adds (``cpu_math.fma32``: ~20% fewer instructions; erf was 7.5 ulp with separate roundings); tanh's
+# do not: fused, tanh(+-7.9053) (the clamp) rounds to +-0.99999976, not +-1, and tanh-Gelu(-inf) would be -inf,
+# not NaN. Numba inlines them into the kernel.
 EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 TANH_P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03)
@@ -48,10 +53,12 @@ def _f32(c: float) -> str:
     return f"np.float32({c!r})"
 
 
-def _horner(var: str, coefs: tuple) -> str:
+def _horner(var: str, coefs: tuple, fused: bool = True) -> str:
+    """The polynomial with ``coefs`` (highest power first) at ``var``: a fused multiply-add a coefficient, or a
+    multiply and an add."""
     text = _f32(coefs[0])
     for c in coefs[1:]:
-        text = f"({text} * {var} + {_f32(c)})"
+        text = f"fma32({text}, {var}, {_f32(c)})" if fused else f"({text} * {var} + {_f32(c)})"
     return text
 
 
@@ -73,7 +80,8 @@ HELPERS = {
     "_tanh_f32": f"""def _tanh_f32(x):
     c = {_clamp("x", 7.90531110763549805)}
     c2 = c * c
-    return x if np.abs(x) < np.float32(4e-4) else np.float32(c * {_horner("c2", TANH_P)} / {_horner("c2", TANH_Q)})""",
+    p = {_horner("c2", TANH_P, False)}
+    return x if np.abs(x) < np.float32(4e-4) else np.float32(c * p / {_horner("c2", TANH_Q, False)})""",
     "_erf_f32": f"""def _erf_f32(x):
     c = {_clamp("x", 4.0)}
     c2 = c * c
@@ -236,15 +244,22 @@ def _in_memory_order(stage: Stage) -> bool:
     return bool(walk and kept and walk[-1] == kept[-1] and len(walk) > len(kept))
 
 
-def _reduce_parts(plan: Plan, stage: Stage, body: _Body, idx: list) -> tuple:
-    """(statements before the nest, the update inside it, the store loops after it, the output per accumulator)."""
+def _store(plan: Plan, stage: Stage, idx: list, acc: str) -> list:
+    """The statements storing accumulator ``acc`` (the mean's division applied) at ``idx`` of every output."""
     node, shape = stage.nodes[0], stage.shape
-    axes, op, acc_t = node.attrs["axes"], node.op, _acc_type(node.dtype)
-    v = body.value(node.inputs[0], idx)
+    axes = node.attrs["axes"]
     out_idx = ", ".join(idx[k] if k not in axes else "0" for k in range(len(shape))
                         if node.attrs["keepdims"] or k not in axes)
-    mean = f" / {math.prod(shape[k] for k in axes)}" if op == "reduce_mean" else ""
-    store = lambda acc: [f"{b}[{out_idx or '0'}] = {CTYPE[node.dtype]}({acc}{mean})" for b in plan.buffers[id(node)]]
+    mean = f" / {math.prod(shape[k] for k in axes)}" if node.op == "reduce_mean" else ""
+    return [f"{b}[{out_idx or '0'}] = {CTYPE[node.dtype]}({acc}{mean})" for b in plan.buffers[id(node)]]
+
+
+def _reduce_parts(plan: Plan, stage: Stage, body: _Body, idx: list) -> tuple:
+    """(statements before the nest, the update inside it, the store loops after it, the output per accumulator)."""
+    node = stage.nodes[0]
+    op, acc_t = node.op, _acc_type(node.dtype)
+    v = body.value(node.inputs[0], idx)
+    store = lambda acc: _store(plan, stage, idx, acc)
     init = f"{acc_t}({_identity(op, node.dtype)})"
     _, kept = _walk_kept(stage)
     if not _in_memory_order(stage):
@@ -255,9 +270,89 @@ def _reduce_parts(plan: Plan, stage: Stage, body: _Body, idx: list) -> tuple:
     return pre, _update(op, acc_t, acc, v), _nest(_loops(kept, False), store(acc), 0)
 
 
+LANES = 8  # partial sums of a sum along the innermost axis (see _Lanes)
+LANE_ROWS_MAX = 1 << 16  # elements of the per-iteration rows a parallel lane sum may allocate
+
+
+@dataclass
+class _Lanes:
+    """A sum along the innermost axis in vector code: each row of values is computed into a float64 row (a
+    vectorized loop) and added to :data:`LANES` partial sums (element j to sum j % LANES, a remainder to the
+    first), which are added pairwise at the end: the scalar chain of one float64 add per element costs twice as
+    long. The float64 sum of float32 values is exact in any order unless their magnitudes span more than
+    ~2**23, so the result is almost always the sequential sum's bits; otherwise it differs from the exact sum by
+    far less than a float32 ulp. Array ``name`` holds the sums and the row (one of each per iteration of a
+    parallel outer loop)."""
+
+    name: str
+    row: str  # the index prefix of the iteration's row: "rows_out1[" or "rows_out1[i0, "
+    n: int
+    shape: tuple
+
+    @classmethod
+    def of(cls, plan: Plan, stage: Stage, parallel: bool) -> _Lanes | None:
+        """The lanes of a float sum or mean along the innermost axis (of at least ``3 * LANES`` elements: for
+        shorter rows the chain is as fast), else None."""
+        walk, kept = _walk_kept(stage)
+        node = stage.nodes[0]
+        if node.op not in ("reduce_sum", "reduce_mean") or node.dtype not in FLOATS or not walk or walk[-1] in kept \
+                or walk[-1][1] < 3 * LANES or (stage.parallel and kept and kept[0][1] * (LANES + walk[-1][1]) >
+                                               LANE_ROWS_MAX):
+            return None
+        name, n = f"rows_{plan.buffers[id(node)][0]}", walk[-1][1]
+        if parallel:
+            return cls(name, f"{name}[{kept[0][0]}, ", n, (kept[0][1], LANES + n))
+        return cls(name, f"{name}[", n, (LANES + n,))
+
+    def alloc(self) -> str:
+        return f"{self.name} = np.empty({self.shape}, np.float64)"
+
+    def init(self) -> list:
+        return [f"for u in range({LANES}):", f"    {self.row}u] = 0"]
+
+    def fill(self, var: str, value: str) -> str:
+        return f"{self.row}{LANES} + {var}] = {value}"
+
+    def fold(self) -> list:
+        """Add the row to the partial sums."""
+        row, full = self.row, self.n - self.n % LANES
+        lines = _nest([f"for j in range({LANES}, {LANES + full}, {LANES}):", f"for u in range({LANES}):"],
+                      [f"{row}u] += {row}j + u]"], 0)
+        return lines + (_nest([f"for j in range({LANES + full}, {LANES + self.n}):"], [f"{row}0] += {row}j]"], 0)
+                        if full < self.n else [])
+
+    def total(self, first: int = 0, count: int = LANES) -> str:
+        """The partial sums added pairwise: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7))."""
+        if count == 1:
+            return f"{self.row}{first}]"
+        half = count // 2
+        return f"({self.total(first, half)} + {self.total(first + half, half)})"
+
+
+def _lane_sum(plan: Plan, stage: Stage, uses: Uses, hoisted: dict) -> list | None:
+    """A sum along the innermost axis (other reduced axes outside it) as :class:`_Lanes`; None for others."""
+    walk, kept = _walk_kept(stage)
+    parallel = stage.parallel and bool(kept)
+    lanes = _Lanes.of(plan, stage, parallel)
+    if lanes is None:
+        return None
+    idx, reduced = _index_vars(stage.shape), [w for w in walk if w not in kept]
+    body = _Body(plan, False, uses, hoisted)
+    value = body.value(stage.nodes[0].inputs[0], idx)
+    var, n = reduced[-1]
+    fill = _nest([f"for {var} in range({n if parallel else f'n_{n}'}):"], body.lines + [lanes.fill(var, value)], 0)
+    nest = _nest(_loops(reduced[:-1], False, runtime=False), fill + lanes.fold(), 0)
+    inner = lanes.init() + nest + [f"acc = {lanes.total()}"] + _store(plan, stage, idx, "acc")
+    return ["    " + lanes.alloc()] + _nest(_loops(kept, parallel), inner, 4)
+
+
 def _reduce_stage(plan: Plan, stage: Stage, uses: Uses, hoisted: dict) -> list:
-    """Loops with a scalar accumulator per output element; when the innermost axis is kept, one pass in
-    memory order accumulating into an array instead (no strided walks down columns)."""
+    """Loops with a scalar accumulator per output element (lanes for a sum along the innermost axis); when the
+    innermost axis is kept, one pass in memory order accumulating into an array instead (no strided walks down
+    columns)."""
+    lanes = _lane_sum(plan, stage, uses, hoisted)
+    if lanes is not None:
+        return lanes
     body = _Body(plan, False, uses, hoisted)
     walk, kept = _walk_kept(stage)
     pre, update, post = _reduce_parts(plan, stage, body, _index_vars(stage.shape))
@@ -269,21 +364,43 @@ def _reduce_stage(plan: Plan, stage: Stage, uses: Uses, hoisted: dict) -> list:
     return _nest(_loops(kept, stage.parallel and bool(kept)), pre + inner + post, 4)
 
 
+def _row_sum(plan: Plan, stage: Stage) -> bool:
+    """A sum or mean over just the innermost axis that :class:`_Lanes` computes (it can share a loop nest)."""
+    walk, kept = _walk_kept(stage)
+    return len(kept) == len(walk) - 1 > 0 and _Lanes.of(plan, stage, False) is not None
+
+
 def _merged_stages(plan: Plan, stages: list, uses: Uses, hoisted: dict) -> list:
-    """Stages over one iteration space as one loop nest: map stores and memory-order reduction updates."""
+    """Stages over one iteration space as one loop nest: map stores, memory-order reduction updates and row sums
+    (their rows filled in the innermost loop, added up after it)."""
     body, idx = _Body(plan, False, uses, hoisted), _index_vars(stages[0].shape)
     walk = [(f"i{k}", d) for k, d in enumerate(stages[0].shape) if d != 1]
     pre, inner, post, parallel = [], [], [], all(s.parallel for s in stages)
+    for stage in stages:
+        if stage.kind == "reduce" and _in_memory_order(stage):
+            parallel = parallel and walk[0] == _walk_kept(stage)[1][0]
+    before, after = [], []  # row sums: the statements around the innermost loop
     for stage in stages:
         if stage.kind == "map":
             for node in stage.nodes:
                 v = body.value(node, idx)
                 inner += [f"{b}[{', '.join(idx)}] = {v}" for b in plan.buffers[id(node)] if b.startswith("out")]
-            continue
-        first, update, last = _reduce_parts(plan, stage, body, idx)
-        pre, post, parallel = pre + first, post + last, parallel and walk[0] == _walk_kept(stage)[1][0]
-        inner.append(update)
-    return ["    " + line for line in pre + _nest(_loops(walk, parallel), body.lines + inner, 0) + post]
+        elif _in_memory_order(stage):
+            first, update, last = _reduce_parts(plan, stage, body, idx)
+            pre, post = pre + first, post + last
+            inner.append(update)
+        else:
+            lanes = _Lanes.of(plan, stage, parallel)
+            pre.append(lanes.alloc())
+            inner.append(lanes.fill(walk[-1][0], body.value(stage.nodes[0].inputs[0], idx)))
+            before += lanes.init()
+            after += lanes.fold() + [f"acc = {lanes.total()}"] + _store(plan, stage, idx, "acc")
+    headers = _loops(walk, parallel)
+    if before:
+        nest = _nest(headers[:-1], before + _nest(headers[-1:], body.lines + inner, 0) + after, 0)
+    else:
+        nest = _nest(headers, body.lines + inner, 0)
+    return ["    " + line for line in pre + nest + post]
 
 
 def _reads(plan: Plan, stage: Stage) -> set:
@@ -300,8 +417,8 @@ def _reads(plan: Plan, stage: Stage) -> set:
 
 def _groups(plan: Plan) -> list:
     """Consecutive stages that can share a loop nest: one iteration space (not a flat map), memory-order
-    reductions, and none reading a buffer another one of the group writes."""
-    mergeable = lambda s: s.kind == "map" or _in_memory_order(s)
+    reductions and row sums, and none reading a buffer another one of the group writes."""
+    mergeable = lambda s: s.kind == "map" or _in_memory_order(s) or _row_sum(plan, s)
     groups: list = []
     for stage in plan.stages:
         group = groups[-1] if groups else []
@@ -372,6 +489,8 @@ def generate(plan: Plan, key: str) -> str:
     parallel = any("prange(" in line for line in body)
     head = [f'"""opencann TBE kernel {key[:16]} (generated; CPU, Numba)."""', "import math", "",
             "import numpy as np", "from numba import njit, prange", ""]
+    if uses.helpers & {"_exp_f32", "_erf_f32"}:
+        head[-1:] = ["", "from opencann.tbe.cpu_math import fma32", ""]
     helpers = [f'\n@njit(inline="always")\n{HELPERS[h]}\n' for h in sorted(uses.helpers)]
     fn = ["", f"@njit(parallel={parallel}, fastmath=False, cache=True, error_model='numpy')",
           f"def kernel({', '.join(args)}):"] + temps + aliases + _extents(plan, args, body) + body

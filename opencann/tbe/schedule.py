@@ -14,7 +14,7 @@ from opencann import __version__
 from opencann.errors import AclError, ErrorCode
 from opencann.tbe.dsl import REDUCE, Tensor, topo_order
 
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 PARALLEL_MIN = 1 << 15  # iteration spaces at least this large run their outermost loop in parallel
 
 

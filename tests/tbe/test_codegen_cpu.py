@@ -1,6 +1,8 @@
 """The CPU generator's loop nests: independent stages over one iteration space share a nest, subexpressions with
-few distinct values are computed once before it, sequential nests get run-time innermost bounds; the results are
-exactly NumPy's float32 operations and float64 sums accumulated in memory order."""
+few distinct values are computed once before it, sequential nests get run-time innermost bounds, sums along the
+innermost axis add in lanes; the results are exactly NumPy's float32 operations and float64 sums accumulated in
+memory order (or, for the lanes, the exactly rounded sums)."""
+import math
 import re
 
 import numpy as np
@@ -75,3 +77,52 @@ def test_a_scalar_subexpression_and_a_row_reduction_keep_their_values():
     yn = xn * np.sqrt(sn / np.float32(3.0)) + bn
     assert np.array_equal(ry, yn) and np.array_equal(rmax, yn.max(-1))
     assert np.array_equal(rw, wn * np.sqrt(sn / np.float32(3.0)))
+
+
+def _fsum(v: np.ndarray, axes: tuple) -> np.ndarray:
+    """The exactly rounded sum over ``axes`` (math.fsum per output element), as float32."""
+    moved = np.moveaxis(v.astype(np.float64), axes, range(v.ndim - len(axes), v.ndim))
+    rows = moved.reshape(*moved.shape[:v.ndim - len(axes)], -1)
+    return np.apply_along_axis(math.fsum, -1, rows).astype(np.float32)
+
+
+def test_sums_along_the_innermost_axis_add_in_lanes_and_keep_the_exact_float64_sum():
+    x = tbe.placeholder((6, 3, 37), name="x")
+    b = tbe.placeholder((37,), name="b")
+    y = tbe.vmul(tbe.vadd(x, b), tbe.vadd(x, b))
+    outs = [tbe.reduce_sum(y, (1, 2)), tbe.reduce_mean(y, 2, keepdims=True), tbe.reduce_sum(y, None),
+            tbe.reduce_max(y, 2)]
+    kernel = tbe.build(outs, inputs=[x, b])
+    assert len(re.findall(r"rows_out\d = np.empty", kernel.source)) == 3  # the max stays one scalar chain
+    rng = np.random.default_rng(3)
+    xn, bn = rng.standard_normal((6, 3, 37)).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+    s12, m2, total, mx = kernel(xn, bn)
+    yn = (xn + bn) * (xn + bn)
+    assert np.array_equal(s12, _fsum(yn, (1, 2))) and np.array_equal(total.reshape(()), _fsum(yn, (0, 1, 2)))
+    mean = np.apply_along_axis(math.fsum, -1, yn.astype(np.float64)) / 37
+    assert np.array_equal(m2, mean.astype(np.float32)[..., None])
+    assert np.array_equal(mx, yn.max(2))
+    i = tbe.placeholder((3, 40), "int32", name="i")
+    ints = tbe.build([tbe.reduce_sum(i, 1)], inputs=[i])  # integers keep their own accumulator (and wrap)
+    assert "rows_" not in ints.source
+    iv = rng.integers(-2 ** 31, 2 ** 31, (3, 40)).astype(np.int32)
+    assert np.array_equal(ints(iv), iv.sum(1, dtype=np.int32))
+
+
+def test_row_sums_share_one_nest_with_maps_and_memory_order_sums():
+    x, b = tbe.placeholder((4, 6, 40), name="x"), tbe.placeholder((40,), name="b")
+    y = tbe.vadd(x, b)
+    mean = tbe.reduce_mean(y, 2, keepdims=True)
+    d = tbe.vsub(y, mean)
+    outs = [mean, tbe.reduce_mean(tbe.vmul(d, d), 2, keepdims=True), d, tbe.reduce_sum(tbe.vmul(d, x), (0, 1))]
+    kernel = tbe.build(outs, inputs=[x, b])
+    assert kernel.source.count("for i1 in range(") == 2  # the mean, then the rest in one pass
+    rng = np.random.default_rng(4)
+    xn, bn = rng.standard_normal((4, 6, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    rm, rv, rd, rs = kernel(xn, bn)
+    yn = xn + bn
+    mn = (np.apply_along_axis(math.fsum, -1, yn.astype(np.float64)) / 40).astype(np.float32)[..., None]
+    assert np.array_equal(rm, mn) and np.array_equal(rd, yn - mn)
+    vn = np.apply_along_axis(math.fsum, -1, (rd * rd).astype(np.float64)) / 40
+    assert np.array_equal(rv, vn.astype(np.float32)[..., None])
+    assert np.array_equal(rs, _sequential_sum(rd * xn, 1))
