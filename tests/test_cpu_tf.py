@@ -24,7 +24,14 @@ CONV = {
     # one channel, padding wider than the filter: some output columns see no input at all
     "one_channel_padded": ((2, 7, 9, 1), (3, 2, 1, 4), 1, "EXPLICIT", [0, 0, 2, 1, 3, 4, 0, 0], 1),
     "one_channel_strided": ((2, 9, 10, 1), (3, 3, 1, 3), 2, "SAME", [], 1),
+    # the direct kernel (16 or 32 outputs): overlapping groups of 8 along rows, dilated, strided, cropped padding
+    "direct_dilated": ((2, 15, 16, 16), (3, 3, 16, 32), 1, "VALID", [], 2),
+    "direct_strided": ((2, 17, 20, 3), (5, 5, 3, 32), 2, "SAME", [], 1),
+    "direct_wide_pads": ((2, 14, 15, 32), (3, 3, 32, 16), 1, "EXPLICIT", [0, 0, 3, 1, 0, 4, 0, 0], 1),
+    "direct_one_channel_strided": ((2, 11, 12, 1), (3, 3, 1, 16), 2, "SAME", [], 1),  # the direct filter gradient only
 }
+DIRECT = ["first_layer", "second_layer", "direct_dilated", "direct_strided", "direct_wide_pads",
+          "direct_one_channel_strided"]
 
 
 def attrs(case, data_format="NHWC"):
@@ -62,6 +69,86 @@ def test_conv_forward_and_gradients_match_the_reference(case):
     close(cpu_tf.conv_backprop_filter(x, sizes, dy, **kw), tf_nn.conv_backprop_filter(x, sizes, dy, **kw))
     shape = np.array(x.shape, np.int32)
     close(cpu_tf.conv_backprop_input(shape, w, dy, **kw), tf_nn.conv_backprop_input(shape, w, dy, **kw))
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    """The direct kernels on, as on an AVX-512 host (elsewhere they are correct, only slow, and left off)."""
+    monkeypatch.setattr(cpu_tf, "WIDE_VECTORS", True)
+
+
+@pytest.mark.parametrize("case", DIRECT)
+def test_direct_convs_match_the_im2col_path(case, wide, monkeypatch):
+    """The direct kernels serve the forward conv, the input gradient (stride 1) and the filter gradient of 16 or
+    32 output channels; the im2col and GEMM path, the general one, gives the same within rounding."""
+    x, w, dy = operands(case)
+    kw, shape, sizes = attrs(case), np.array(x.shape, np.int32), np.array(w.shape, np.int32)
+    c, m, taps, s, d = x.shape[-1], w.shape[-1], w.shape[0] * w.shape[1], CONV[case][2], CONV[case][5]
+    served = (cpu_tf._direct_group(c, m, taps, dy.shape[2]), s == 1 and cpu_tf._direct_group(m, c, taps, x.shape[2]),
+              cpu_tf._direct_filter_ok(c, m, w.shape[0], w.shape[1], d))
+    assert any(served)
+    direct = (cpu_tf.tf_conv(x, w, **kw), cpu_tf.conv_backprop_input(shape, w, dy, **kw),
+              cpu_tf.conv_backprop_filter(x, sizes, dy, **kw))
+    monkeypatch.setattr(cpu_tf, "_direct_group", lambda *_: None)
+    monkeypatch.setattr(cpu_tf, "_direct_filter_ok", lambda *_: False)
+    general = (cpu_tf.tf_conv(x, w, **kw), cpu_tf.conv_backprop_input(shape, w, dy, **kw),
+               cpu_tf.conv_backprop_filter(x, sizes, dy, **kw))
+    for got, expected in zip(direct, general, strict=True):
+        close(got, expected)
+
+
+@pytest.mark.parametrize("case", ["first_layer", "second_layer", "direct_wide_pads", "explicit"])
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_filter_gradient_with_the_bias_gradient(case, data_format, wide, two_workers):
+    """``bias_grad=1``: the filter gradient unchanged, bit for bit, and the bias gradient (in the direct kernel's
+    pass, or BiasAddGrad's kernel on the im2col path) as the references', on one thread as on two."""
+    x, w, dy = operands(case)
+    kw, sizes = attrs(case, data_format), np.array(w.shape, np.int32)
+    if data_format == "NCHW":
+        x, dy = nchw(x), nchw(dy)
+    dw, db = on_one_and_two_threads(lambda: cpu_tf.conv_backprop_filter(x, sizes, dy, bias_grad=1, **kw))
+    np.testing.assert_array_equal(dw, cpu_tf.conv_backprop_filter(x, sizes, dy, **kw))
+    ref_dw, ref_db = tf_nn.conv_backprop_filter(x, sizes, dy, bias_grad=1, **kw)
+    close(dw, ref_dw)
+    close(db, ref_db)
+    close(db, tf_ops.bias_add_grad(dy, data_format=data_format))
+
+
+@pytest.mark.parametrize("case", ["first_layer", "second_layer"])
+def test_direct_convs_err_like_the_gemm_against_float64(case, wide):
+    """Plain float32 sums (the filter gradient's by image, then added up): the CNN's layers within 1e-6 of the
+    float64 result (relative to its largest value; the GEMM path's errors are 2-4e-7)."""
+    x, w, dy = operands(case)
+    kw, shape, sizes = attrs(case), np.array(x.shape, np.int32), np.array(w.shape, np.int32)
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    pairs = [(cpu_tf.tf_conv(x, w, **kw), tf_nn.tf_conv(x64, w64, **kw)),
+             (cpu_tf.conv_backprop_filter(x, sizes, dy, **kw), tf_nn.conv_backprop_filter(x64, sizes, dy64, **kw))]
+    if x.shape[-1] > 1:
+        pairs.append((cpu_tf.conv_backprop_input(shape, w, dy, **kw),
+                      tf_nn.conv_backprop_input(shape, w64, dy64, **kw)))
+    for got, exact in pairs:
+        assert np.abs(got - exact).max() <= 1e-6 * np.abs(exact).max()
+
+
+def test_direct_groups_cover_rows_with_fewest_outputs(wide, monkeypatch):
+    assert [cpu_tf._direct_group(16, 32, 9, wo) for wo in (7, 8, 13, 14, 26, 28)] == [None, 8, 13, 8, 13, 8]
+    assert cpu_tf._direct_group(16, 48, 9, 13) is None and cpu_tf._direct_group(16, 32, 1, 13) is None
+    assert cpu_tf._direct_group(64, 32, 9, 13) is None  # a filter over 64 KiB: the GEMM path
+    assert cpu_tf._direct_filter_ok(16, 32, 3, 3, 1) and cpu_tf._direct_filter_ok(1, 16, 3, 3, 1)
+    assert not cpu_tf._direct_filter_ok(6, 32, 3, 3, 1) and not cpu_tf._direct_filter_ok(16, 32, 3, 5, 1)
+    assert not cpu_tf._direct_filter_ok(8, 16, 3, 3, 1) and not cpu_tf._direct_filter_ok(1, 16, 3, 3, 2)
+    monkeypatch.setattr(cpu_tf, "WIDE_VECTORS", False)  # AVX2: the im2col path
+    assert cpu_tf._direct_group(16, 32, 9, 13) is None and not cpu_tf._direct_filter_ok(16, 32, 3, 3, 1)
+
+
+def test_padding_crops_and_fills_zeros():
+    x = RNG.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    for top, left, hp, wp in [(1, 2, 8, 9), (-2, -1, 3, 4), (0, 7, 5, 6), (2, 0, 4, 6)]:
+        xp = np.full((2, hp, wp, 3), np.nan, np.float32)
+        cpu_tf._pad_nhwc(x, xp, top, left)
+        big = np.zeros((2, 5 + 2 * 9, 6 + 2 * 9, 3), np.float32)
+        big[:, 9 + top:14 + top, 9 + left:15 + left] = x
+        np.testing.assert_array_equal(xp, big[:, 9:9 + hp, 9:9 + wp])
 
 
 @pytest.mark.parametrize("case", ["stride3_few", "explicit"])
@@ -213,6 +300,8 @@ def test_conv_gemms_run_on_one_mkl_thread_and_restore_the_count(monkeypatch):
     if lib is None:
         pytest.skip("MKL is not loaded")
     seen, real = [], cpu_tf._scratch  # each group of images takes its scratch right before its product
+    monkeypatch.setattr(cpu_tf, "_direct_group", lambda *_: None)  # the GEMM path (the direct one calls no BLAS)
+    monkeypatch.setattr(cpu_tf, "_direct_filter_ok", lambda *_: False)
     monkeypatch.setattr(cpu_tf, "_scratch", lambda size: (seen.append(lib.MKL_Get_Max_Threads()), real(size))[1])
     x, w, dy = operands("second_layer")
     prev = lib.MKL_Set_Num_Threads_Local(2)
@@ -244,6 +333,16 @@ def test_shape_inference_of_forward_window_ops(fmt, x, expected):
                 dict(ksize=spatial, strides=spatial, padding="VALID", data_format=fmt), domain="opencann")
     want = (32, "n", 7, 7) if fmt == "NCHW" else (32, None, None, 16)  # a symbolic size: unknown outputs
     assert infer_node(pool, {"opencann": 1})[0] == TensorType(np.float32, want)
+
+
+@pytest.mark.parametrize("fmt, dy, bias", [("NHWC", (2, 5, 4, 7), (7,)), ("NCHW", (2, 7, 5, 4), (7,))])
+def test_shape_inference_of_the_filter_gradient_with_the_bias_gradient(fmt, dy, bias):
+    inputs = [Value("x", TensorType(np.float32, (2, 9, 8, 6))), Value("s", const=np.array([3, 3, 6, 7], np.int32)),
+              Value("dy", TensorType(np.float32, dy))]
+    for flag, want in [(0, []), (1, [TensorType(np.float32, bias)])]:
+        node = Node("ConvBackpropFilter", inputs, [Value("dw"), Value("db")][:1 + flag],
+                    dict(bias_grad=flag, data_format=fmt), domain="opencann")
+        assert infer_node(node, {"opencann": 1}) == [TensorType(np.float32, (3, 3, 6, 7)), *want]
 
 
 @pytest.mark.parametrize("mode", ["training", "inference", "running_average"])

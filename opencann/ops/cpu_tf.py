@@ -2,33 +2,41 @@
 pooling (TFMaxPool) and its gradient, fused batch norm and its gradient, BiasAddGrad, ReluGrad, stateless
 uniform random floats (dropout masks) and the fused optimizer updates.
 
-The reference kernels of :mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops` and
-:mod:`opencann.ops.tf_training` stay the oracle and the fallback (other dtypes, ranks, grouped and depthwise
-filters, broadcast operands). float32 2-D convolutions work channels-last with TF's ``(kh, kw, C, M)``
-filters: a Numba loop gathers the input windows into a reused im2col buffer, rows ``(n, oh, ow)`` by columns
-``(i, j, c)`` (the filter's order), or tap-major (the transpose) for inputs of few channels, where it copies
-runs of output columns; the forward conv is one BLAS product ``cols @ W`` and the filter gradient
-``cols.T @ dy``; the input gradient is ``dy @ W.T`` scatter-added back by a Numba col2im. Batches go by groups
-of images whose windows fit 1 MiB (the GEMM then reads them from L2). The gathers copy whole window rows
-(``kw * c`` elements) through slices indexed by the loop counter, which LLVM vectorizes (offsets computed per
-element it does not). Max pooling and MaxPoolGrad are direct Numba loops over NHWC windows, vectorized over
-channels; MaxPoolGrad routes each window's gradient to its first maximum, as TensorFlow's CPU kernel does, and
-with ``relu=1`` (the TF importer's fusion of a following ReluGrad) only to a positive one; 2x2 windows at stride 2
-(the common case) have a kernel of their own whose channel loop LLVM vectorizes (16 and 32 channels passed as
-constants: it vectorizes loops that short only when it knows their length). MaxPoolGrad and ConvBackpropInput
-write into a planned ``out`` buffer. BiasAddGrad sums blocks of rows in float32 (runs of rows as one vector)
-and the blocks in float64; fused batch norm takes per-channel statistics in two
-float64-accumulated passes and normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for
-bit the reference's (and TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...)
-compute the new variable and slots in one Numba pass, element by element in the reference's float32 operation
-order, instead of a NumPy temporary per operation.
+The reference kernels of :mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops` and :mod:`opencann.ops.tf_training`
+stay the oracle and the fallback (other dtypes, ranks, grouped and depthwise filters, broadcast operands). float32
+2-D convolutions work channels-last with TF's ``(kh, kw, C, M)`` filters: a Numba loop gathers the input windows
+into a reused im2col buffer, rows ``(n, oh, ow)`` by columns ``(i, j, c)`` (the filter's order), or tap-major (the
+transpose) for inputs of few channels, where it copies runs of output columns; the forward conv is one BLAS product
+``cols @ W`` and the filter gradient ``cols.T @ dy``; the input gradient is ``dy @ W.T`` scatter-added back by a
+Numba col2im. Batches go by groups of images whose windows fit 1 MiB (the GEMM then reads them from L2). The gathers
+copy whole window rows (``kw * c`` elements) through slices indexed by the loop counter, which LLVM vectorizes
+(offsets computed per element it does not). Convolutions of 16 or 32 output channels (the small CNNs' layers, where
+the GEMMs of K = 9..288 ran at half of MKL's peak and the gathers cost as much again) skip the windows: a direct
+kernel of explicit AVX-512 vectors (:func:`opencann.ops.cpu_conv._stem_run`) keeps 8 or 13 outputs of a row in
+registers over all taps of a zero-padded copy of the images; the input gradient of a stride-1 conv is the same
+kernel over the padded ``dy`` with the flipped, channel-transposed filter, and the filter gradient has one of its
+own (:func:`_filter_grad_run`: 12 or 16 channel-taps, or a one-channel input's nine taps, summed over all pixels in
+registers, with the bias gradient's sums of ``dy`` when the importer fused a BiasAddGrad). On AVX-512 hosts
+(elsewhere they spill registers and the im2col path serves) they run at about the FMA units' peak, 1.3-2x the im2col
+path's speed, in plain float32 sums (errors like the GEMM's). Max pooling and MaxPoolGrad are direct Numba loops
+over NHWC windows, vectorized over channels; MaxPoolGrad routes each window's gradient to its first maximum, as
+TensorFlow's CPU kernel does, and with ``relu=1`` (the TF importer's fusion of a following ReluGrad) only to a
+positive one; 2x2 windows at stride 2 (the common case) have a kernel of their own whose channel loop LLVM
+vectorizes (16 and 32 channels passed as constants: it vectorizes loops that short only when it knows their length).
+MaxPoolGrad and ConvBackpropInput write into a planned ``out`` buffer. BiasAddGrad sums blocks of rows in float32
+(runs of rows as one vector) and the blocks in float64; fused batch norm takes per-channel statistics in two
+float64-accumulated passes and normalizes in one. Stateless uniform floats run Philox-4x32-10 in Numba, bit for bit
+the reference's (and TensorFlow's) stream. The optimizer updates (``ApplyAdam``, ``ApplyMomentum``, ...) compute the
+new variable and slots in one Numba pass, element by element in the reference's float32 operation order, instead of
+a NumPy temporary per operation.
 
 The kernels split their work into pieces that :func:`opencann.runtime.workers.parallel_for` shares out among
 threads: convolutions by their groups of images (one nogil Numba call each: the windows, then ``cblas_sgemm``
 through :func:`opencann.ops.blas.gemm`, MKL on one thread; the filter gradient adds the groups' products after
 the join), pooling by images, batch norm, BiasAddGrad and the optimizer updates by blocks of rows (sums: float64
 partial sums per piece, added up in piece order after). The pieces depend on the shapes alone, never on the
-thread count, so results are the same, bit for bit, on any number of threads.
+thread count, so results are the same, bit for bit, on any number of threads (the direct convolutions run as one
+piece on one thread: no output's sum depends on the pieces; the direct filter gradient has ``FG_PIECES``).
 """
 from __future__ import annotations
 
@@ -36,9 +44,16 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir as llir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from opencann.ops import blas, tf_nn, tf_ops, tf_stateless, tf_training
 from opencann.ops.blas import gemm, sgemm
+from opencann.ops.cpu_conv import _stem_run
+from opencann.ops.llvm_vector import copy_floats, dense_f32, fma_of, splat, zero_floats
 from opencann.ops.registry import kernel
 from opencann.runtime import workers
 
@@ -207,6 +222,230 @@ def _input_grad_group(fn, dy, w, dx, cols, geom):
     (k, m), rows = w.shape, dy.shape[0] * dy.shape[1] * dy.shape[2]
     gemm(fn, False, True, rows, k, m, _ONE, dy, 0, m, w, 0, m, _ZERO, cols, 0, k)
     _col2im(cols[:rows * k].reshape(rows, k), dx, *geom)
+
+
+# --- direct channels-last convolution (16 or 32 output channels) --------------------------------
+
+def _wide_vectors() -> bool:
+    """Whether Numba compiles for AVX-512: the direct kernels keep up to 26 16-lane sums in registers (AVX-512 has
+    32); on AVX2 they spill, and ran 1.3-2.4x slower than the im2col path, which then serves."""
+    if numba.config.CPU_FEATURES is not None:
+        return "+avx512f" in numba.config.CPU_FEATURES.split(",")
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512f"))
+    except RuntimeError:  # features unknown on this host
+        return False
+
+
+WIDE_VECTORS = _wide_vectors()
+DIRECT_GROUPS = (13, 8)  # outputs along a row the direct kernel sums at once (its registers: 2 * 13 + 3 of 32)
+DIRECT_WEIGHTS = 1 << 14  # at most this many filter elements (64 KiB, read once per group of outputs)
+_D16A, _D16B, _D32A, _D32B = (_stem_run(v, g) for v in (1, 2) for g in DIRECT_GROUPS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad_nhwc(x, xp, top, left):
+    """``xp (n, hp, wp, c)``: NHWC ``x`` at offset ``(top, left)`` (negative ones crop it), zeros around it (runs
+    copied and zeroed as ``memcpy``/``memset``)."""
+    n, h, w, c = x.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    j0 = min(max(0, left), wp)
+    j1 = max(min(wp, left + w), j0)  # [j0, j1): the columns of xp that hold x
+    row = wp * c
+    for b in range(n):
+        for i in range(hp):
+            at, ih = (b * hp + i) * row, i - top
+            if ih < 0 or ih >= h or j0 == j1:
+                zero_floats(xp, at, row)
+                continue
+            zero_floats(xp, at, j0 * c)
+            copy_floats(xp, at + j0 * c, x, ((b * h + ih) * w + j0 - left) * c, (j1 - j0) * c)
+            zero_floats(xp, at + j1 * c, row - j1 * c)
+
+
+@numba.njit(cache=True, nogil=True)
+def _direct(xp, w, y, sh, sw, dh, dw, group, zero, lo, hi):
+    """``y (n, ho, wo, m)`` (``m`` 16 or 32) = the conv of the zero-padded NHWC ``xp`` with ``w``, ``group``
+    outputs of a row at a time by :func:`cpu_conv._stem_run` (the last group of a row overlaps the one before
+    when ``group`` does not divide ``wo``). ``w`` is ``(kw, kh, c, m)``: its taps are read as the kernel's
+    ``(c, kh, kw)`` with ``kw`` columns ``dw * c`` apart and ``c`` channels 1 apart; for ``c == dw == 1``
+    ``w`` is ``(1, kh, kw, m)``, the window rows' ``kw`` pixels a run."""
+    n, hp, wp, c = xp.shape
+    ho, wo, m = y.shape[1], y.shape[2], y.shape[3]
+    xs, ys, ws = xp.reshape(xp.size), y.reshape(y.size), w.reshape(w.size)
+    planes, rows, run = w.shape[0], w.shape[1], w.shape[2]
+    for b in range(n):
+        for oh in range(ho):
+            base, yb = (b * hp + oh * sh) * wp * c, (b * ho + oh) * wo * m
+            o = 0
+            while o < wo:
+                s = min(o, wo - group)
+                args = (xs, base + s * sw * c, dw * c, dh * wp * c, sw * c, planes, rows, run, ys, yb + s * m, group,
+                        ws, zero, lo, hi)
+                if m == 16 and group == DIRECT_GROUPS[0]:
+                    _D16A(*args)
+                elif m == 16:
+                    _D16B(*args)
+                elif group == DIRECT_GROUPS[0]:
+                    _D32A(*args)
+                else:
+                    _D32B(*args)
+                o = s + group
+
+
+def _direct_group(c: int, m: int, taps: int, wo: int):
+    """The group size :func:`_direct` takes for ``c -> m`` channels, ``taps`` kernel taps and rows of ``wo``
+    outputs (the one that computes fewest outputs, overlaps included), or None: the im2col path serves."""
+    if not WIDE_VECTORS or m not in (16, 32) or taps < 2 or taps * c * m > DIRECT_WEIGHTS or wo < min(DIRECT_GROUPS):
+        return None
+    return min((g for g in DIRECT_GROUPS if g <= wo), key=lambda g: -(-wo // g) * g)
+
+
+def _direct_weights(w: np.ndarray, dw: int) -> np.ndarray:
+    """A ``(kh, kw, c, m)`` filter in :func:`_direct`'s layout."""
+    kh, kw, c, m = w.shape
+    return np.ascontiguousarray(w).reshape(1, kh, kw, m) if c == 1 and dw == 1 else \
+        np.ascontiguousarray(w.transpose(1, 0, 2, 3))
+
+
+def _padded(x, geom, b0: int, b1: int) -> np.ndarray:
+    """Images ``[b0, b1)`` of NHWC ``x`` zero-padded for the windows of ``geom`` (in the scratch; ``x``'s own
+    images where no padding is needed)."""
+    kh, kw, sh, sw, dh, dw, ph, pw, ho, wo = geom
+    hp, wp = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
+    if ph == pw == 0 and (hp, wp) == x.shape[1:3]:
+        return x[b0:b1]
+    xp = _scratch((b1 - b0) * hp * wp * x.shape[3]).reshape(b1 - b0, hp, wp, x.shape[3])
+    _pad_nhwc(x[b0:b1], xp, ph, pw)
+    return xp
+
+
+def _direct_conv(x, w, y, geom, group: int) -> None:
+    """``y`` = the conv of NHWC ``x`` with the ``(kh, kw, c, m)`` filter ``w`` at ``geom``, by :func:`_direct`
+    over each piece's images, zero-padded (one piece on one thread: each output's sum is the same in any piece)."""
+    wd = _direct_weights(w, geom[5])
+    zero, inf = np.zeros(w.shape[3], F32), np.float32(np.inf)
+
+    def piece(b0, b1):
+        _direct(_padded(x, geom, b0, b1), wd, y[b0:b1], *geom[2:6], group, zero, -inf, inf)
+    n = len(x)
+    _each(_tiles(n, geom[8] * geom[9] * w[..., 0].size) if workers.size() > 1 else [(0, n)], piece)
+
+
+def _filter_grad_run(vectors: int, rows: int, run: int):
+    """An intrinsic ``run(x, xo, xa, ximg, xrow, step, dy, n, ho, wo, out, oo, ra, bias, with_bias)``: ``rows * run``
+    sums over the pixels of ``dy (n, ho, wo, 16 * vectors)`` of one input value times the pixel's gradient vector,
+    in registers: sum ``(a, q)`` reads ``x[xo + a * xa + q + b * ximg + oh * xrow + ow * step]`` for pixel
+    ``(b, oh, ow)`` and is added to ``out[oo + (a * ra + q) * 16 * vectors]`` (a filter gradient's rows, ``x`` the
+    flat padded input) after each image (its sums start at zero: the error of sums of one image's pixels); with
+    ``with_bias``, the sums of the gradient vectors too, added to ``bias``."""
+    @intrinsic
+    def fgrad(typingctx, x, xo, xa, ximg, xrow, step, dy, n, ho, wo, out, oo, ra, bias, with_bias):
+        if not dense_f32(x, dy, out, bias):
+            return None
+        ip = types.intp
+        sig = types.void(x, ip, ip, ip, ip, ip, dy, ip, ip, ip, out, ip, ip, bias, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            xo_, xa_, ximg_, xrow_, step_, n_, ho_, wo_, oo_, ra_ = (args[i] for i in (1, 2, 3, 4, 5, 7, 8, 9, 11, 12))
+            xp, dp, op, bp = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                              for i in (0, 6, 10, 13))
+            vec = llir.VectorType(llir.FloatType(), 16)
+            fma = fma_of(builder.module, vec)
+
+            def const(v):
+                return llir.Constant(xo_.type, v)
+
+            def at(ptr, off):
+                return builder.bitcast(builder.gep(ptr, [off]), vec.as_pointer())
+
+            def add_to(ptr, off, sums):
+                dst = at(ptr, off)
+                builder.store(builder.fadd(builder.load(dst, align=4), builder.load(sums)), dst, align=4)
+            m = const(16 * vectors)
+            acc = [[[cgutils.alloca_once(builder, vec) for _ in range(vectors)] for _ in range(run)]
+                   for _ in range(rows)]
+            acc_b = [cgutils.alloca_once(builder, vec) for _ in range(vectors)]
+            pixel = cgutils.alloca_once_value(builder, const(0))
+
+            def image(b, with_b):
+                for sums in [v for by_q in acc for by_v in by_q for v in by_v] + acc_b:
+                    builder.store(llir.Constant(vec, None), sums)
+                xb = builder.add(xo_, builder.mul(b, ximg_))
+                with cgutils.for_range(builder, ho_) as oh:
+                    xh = builder.add(xb, builder.mul(oh.index, xrow_))
+                    with cgutils.for_range(builder, wo_) as ow:
+                        xw, d = builder.add(xh, builder.mul(ow.index, step_)), builder.load(pixel)
+                        g = [builder.load(at(dp, builder.add(d, const(16 * v))), align=4) for v in range(vectors)]
+                        for a in range(rows):
+                            xr = builder.add(xw, builder.mul(xa_, const(a)))
+                            for q in range(run):
+                                s = splat(builder, builder.load(builder.gep(xp, [builder.add(xr, const(q))]), align=4),
+                                          vec)
+                                for v, sums in enumerate(acc[a][q]):
+                                    builder.store(builder.call(fma, [s, g[v], builder.load(sums)]), sums)
+                        for v, sums in enumerate(acc_b if with_b else []):
+                            builder.store(builder.fadd(builder.load(sums), g[v]), sums)
+                        builder.store(builder.add(d, m), pixel)
+                for a in range(rows):
+                    for q in range(run):
+                        row = builder.add(oo_, builder.mul(builder.add(builder.mul(ra_, const(a)), const(q)), m))
+                        for v in range(vectors):
+                            add_to(op, builder.add(row, const(16 * v)), acc[a][q][v])
+                for v in range(vectors if with_b else 0):
+                    add_to(bp, const(16 * v), acc_b[v])
+            with cgutils.for_range(builder, n_) as b:
+                with builder.if_else(args[14]) as (then, otherwise):
+                    with then:
+                        image(b.index, True)
+                    with otherwise:
+                        image(b.index, False)
+            return context.get_dummy_value()
+        return sig, codegen
+    return fgrad
+
+
+FG_PIECES = 2  # pieces of the direct filter gradient (each call's cost is worth saving; two threads still share)
+# the direct filter gradient's calls: 16 channels of a tap (16 outputs), 4 channels of a kernel row's 3 taps (32
+# outputs: 24 sums, 15% faster than 8 channels of a tap), a one-channel input's 3x3 taps (16 outputs)
+_FG16, _FG32, _FG_TAPS = _filter_grad_run(1, 1, 16), _filter_grad_run(2, 3, 4), _filter_grad_run(1, 3, 3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _direct_filter_grad(xp, dy, part, bias, sh, sw, dh, dw, with_bias):
+    """``part (kh, kw, c, m)`` (zeros) += the sum over the pixels of ``dy (n, ho, wo, m)`` of their windows of the
+    zero-padded NHWC ``xp`` times their gradients, by :func:`_filter_grad_run`'s calls (``_FG16``, ``_FG32``,
+    ``_FG_TAPS``; see :func:`_direct_filter_ok`); with ``with_bias``, ``bias (m)`` (zeros) += the sum of the
+    gradients (BiasAddGrad, by the first call)."""
+    n, hp, wp, c = xp.shape
+    ho, wo, m = dy.shape[1], dy.shape[2], dy.shape[3]
+    kh, kw = part.shape[0], part.shape[1]
+    xs, ds, ps = xp.reshape(xp.size), dy.reshape(dy.size), part.reshape(part.size)
+    ximg, xrow, step = hp * wp * c, sh * wp * c, sw * c
+    if c == 1:
+        _FG_TAPS(xs, 0, dh * wp, ximg, xrow, step, ds, n, ho, wo, ps, 0, kw, bias, with_bias)
+        return
+    for i in range(kh):
+        if m == 32:  # the row's three taps at once
+            for c0 in range(0, c, 4):
+                _FG32(xs, i * dh * wp * c + c0, dw * c, ximg, xrow, step, ds, n, ho, wo, ps, (i * kw * c + c0) * m, c,
+                      bias, with_bias and i == 0 and c0 == 0)
+            continue
+        for j in range(kw):
+            for c0 in range(0, c, 16):
+                xo, oo = (i * dh * wp + j * dw) * c + c0, ((i * kw + j) * c + c0) * m
+                _FG16(xs, xo, 0, ximg, xrow, step, ds, n, ho, wo, ps, oo, 0, bias, with_bias and i == j == c0 == 0)
+
+
+def _direct_filter_ok(c: int, m: int, kh: int, kw: int, dw: int) -> bool:
+    """Whether :func:`_direct_filter_grad` serves a ``(kh, kw, c, m)`` filter's gradient: 16 outputs of a multiple
+    of 16 channels, 32 outputs of a multiple of 4 channels and 3 taps a row, or a one-channel 3x3 filter (``dw``
+    1, 16 outputs)."""
+    if not WIDE_VECTORS or kh * kw * c * m > DIRECT_WEIGHTS:
+        return False
+    if c == 1:
+        return m == 16 and kh == kw == 3 and dw == 1
+    return (m == 16 and c % 16 == 0 and kh * kw > 1) or (m == 32 and c % 4 == 0 and kw == 3)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -502,6 +741,10 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
     k = kernel_[0] * kernel_[1] * c
     last = tf_nn._last(data_format)
     y = out if last and _fits(out, (n, ho, wo, m), input, filter) else np.empty((n, ho, wo, m), F32)
+    group = _direct_group(c, m, kernel_[0] * kernel_[1], wo)
+    if group:
+        _direct_conv(x, filter, y, geom, group)
+        return tf_nn._from_last(y, data_format)
     w2 = np.ascontiguousarray(filter).reshape(k, m)
     fn = blas.sgemm_address()
 
@@ -536,31 +779,39 @@ def tf_max_pool(input, *, ksize=(), strides=(), padding="VALID", explicit_paddin
 
 @kernel("ConvBackpropFilter", "cpu", domain=DOMAIN)
 def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
-                         dilations=(), data_format="NHWC", depthwise=0):
+                         dilations=(), data_format="NHWC", depthwise=0, bias_grad=0):
     sizes = tuple(int(s) for s in filter_sizes)
     plan = None if input.dtype != F32 else _conv_plan(input.shape, sizes, out_backprop, strides, padding,
                                                       explicit_paddings, dilations, data_format, depthwise)
     if plan is None:
         return tf_nn.conv_backprop_filter(input, filter_sizes, out_backprop, strides=strides, padding=padding,
                                           explicit_paddings=explicit_paddings, dilations=dilations,
-                                          data_format=data_format, depthwise=depthwise)
+                                          data_format=data_format, depthwise=depthwise, bias_grad=bias_grad)
     dy, _, geom = plan
     x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
     k, m = sizes[0] * sizes[1] * sizes[2], dy.shape[-1]
-    tiles = _tiles(dy.shape[0], geom[8] * geom[9] * k)
+    direct = _direct_filter_ok(sizes[2], m, sizes[0], sizes[1], geom[5])
+    tiles = _spans(dy.shape[0], FG_PIECES) if direct else _tiles(dy.shape[0], geom[8] * geom[9] * k)
     parts = np.zeros((max(len(tiles), 1), k, m), F32)  # each group's product, added up after (an empty batch: 0)
+    biases = np.zeros((len(parts), m), F32)  # the direct kernel's sums of dy (bias_grad)
     fn = blas.sgemm_address()
 
     def piece(i):
         b0, b1 = tiles[i]
-        if fn:
+        if direct:
+            _direct_filter_grad(_padded(x, geom, b0, b1), dy[b0:b1], parts[i].reshape(sizes), biases[i], *geom[2:6],
+                                bool(bias_grad))
+        elif fn:
             _filter_grad_group(fn, x[b0:b1], dy[b0:b1], parts[i], _scratch((b1 - b0) * geom[8] * geom[9] * k), geom)
         else:
             cols, tap_major = _windows(x, geom, k, b0, b1)
             sgemm(cols, dy[b0:b1].reshape(-1, m), parts[i], trans_a=not tap_major)
     with blas.OneThread():
         workers.parallel_for(piece, len(tiles))
-    return (parts[0] if len(parts) == 1 else parts.sum(axis=0)).reshape(sizes)
+    dw = (parts[0] if len(parts) == 1 else parts.sum(axis=0)).reshape(sizes)
+    if not bias_grad:
+        return dw
+    return dw, (biases[0] if len(biases) == 1 else biases.sum(axis=0)) if direct else bias_add_grad(dy)
 
 
 @kernel("ConvBackpropInput", "cpu", domain=DOMAIN)
@@ -577,6 +828,13 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     m = dy.shape[-1]
     w = np.ascontiguousarray(filter).reshape(-1, m)  # (kh * kw * C, M)
     dx = out if tf_nn._last(data_format) and _fits(out, x_last, filter, out_backprop) else np.empty(x_last, F32)
+    kh, kw, sh, sw, dh, dw, ph, pw = geom[:8]
+    group = _direct_group(m, x_last[-1], kh * kw, x_last[2]) if sh == sw == 1 else None
+    if group:  # the full conv of dy with the flipped, channel-transposed filter
+        flipped = np.ascontiguousarray(filter)[::-1, ::-1].transpose(0, 1, 3, 2)
+        _direct_conv(dy, flipped, dx, (kh, kw, 1, 1, dh, dw, (kh - 1) * dh - ph, (kw - 1) * dw - pw, *x_last[1:3]),
+                     group)
+        return tf_nn._from_last(dx, data_format)
     fn = blas.sgemm_address()
 
     def piece(b0, b1):

@@ -233,10 +233,23 @@ def conv_backprop_input(input_sizes, filter, out_backprop, *, strides=(), paddin
     return _from_last(dx, data_format).astype(out_backprop.dtype, copy=False)
 
 
-@op("ConvBackpropFilter", domain=DOMAIN, infer=_infer_sized(1, 0))
+def _infer_filter_grad(node: Node) -> list:
+    """The filter's type; with ``bias_grad`` the bias gradient's too (``dy``'s channels)."""
+    types = _infer_sized(1, 0)(node)
+    if not node.attrs.get("bias_grad"):
+        return types
+    t = node.inputs[2].type
+    shape = getattr(t, "shape", None)
+    if not isinstance(t, TensorType) or not shape:
+        return [*types, None]
+    return [*types, TensorType(t.dtype, (shape[-1 if _last(node.attrs.get("data_format", "NHWC")) else 1],))]
+
+
+@op("ConvBackpropFilter", domain=DOMAIN, infer=_infer_filter_grad)
 def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
-                         dilations=(), data_format="NHWC", depthwise=0):
-    """Conv2DBackpropFilter / Conv3DBackpropFilterV2 / DepthwiseConv2dNativeBackpropFilter (``depthwise=1``)."""
+                         dilations=(), data_format="NHWC", depthwise=0, bias_grad=0):
+    """Conv2DBackpropFilter / Conv3DBackpropFilterV2 / DepthwiseConv2dNativeBackpropFilter (``depthwise=1``); with
+    ``bias_grad=1`` (the TF importer's fusion of a BiasAddGrad of the same ``out_backprop``) also that gradient."""
     sizes = tuple(int(s) for s in filter_sizes)
     dy, x_last, kernel, strides, dilations, begin, groups, grouped = _conv_geometry(
         input.shape, sizes, out_backprop, strides, padding, explicit_paddings, dilations, data_format, depthwise)
@@ -250,8 +263,12 @@ def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), paddi
     b = dy.astype(dt, copy=False).reshape(rows, groups, -1).transpose(1, 0, 2)  # (g, rows, Mg)
     dw = np.matmul(a, b).reshape(groups, grouped[-2], *kernel, -1)
     nd = len(kernel)
-    dw = dw.transpose(*range(2, 2 + nd), 1, 0, 2 + nd).reshape(sizes)
-    return np.ascontiguousarray(dw).astype(input.dtype, copy=False)
+    dw = np.ascontiguousarray(dw.transpose(*range(2, 2 + nd), 1, 0, 2 + nd).reshape(sizes)).astype(input.dtype,
+                                                                                                     copy=False)
+    if not bias_grad:
+        return dw
+    db = dy.reshape(-1, dy.shape[-1]).sum(axis=0, dtype=compute_dtype(out_backprop.dtype))
+    return dw, db.astype(out_backprop.dtype)
 
 
 # --- pooling gradients -------------------------------------------------------------------------------

@@ -329,6 +329,28 @@ def test_relu_gradient_after_max_pool_gradient_is_fused(ksize, strides, padding)
     assert_same(got, [t.numpy() for t in tf.function(pooled)(x)])
 
 
+@pytest.mark.parametrize("c, m", [(16, 32), (1, 16), (3, 5)], ids=["direct", "direct_one_channel", "gemm"])
+def test_bias_gradient_of_a_conv_fuses_into_its_filter_gradient(c, m):
+    """A conv's BiasAddGrad is summed by its filter gradient's pass over the same output gradient (``bias_grad=1``,
+    one node, whichever the importer meets first), with TensorFlow's values; NCHW too."""
+    x = RNG.standard_normal((2, 9, 10, c)).astype(np.float32)
+    w = (RNG.standard_normal((3, 3, c, m)) / np.sqrt(9 * c)).astype(np.float32)  # outputs ~1: loss_of is tame
+    b = RNG.standard_normal(m).astype(np.float32)
+
+    def conv(fmt):
+        return with_grads(lambda x, w, b: tf.nn.bias_add(tf.nn.conv2d(x, w, 1, "SAME", data_format=fmt), b,
+                                                         data_format=fmt), 3)
+    adapter = oc.enable()
+    try:
+        got = [t.numpy() for t in tf.function(conv("NHWC"))(x, w, b)]
+        graph = str(next(iter(adapter.programs.values())).executor.plan.graph)
+    finally:
+        oc.disable()
+    assert "bias_grad=1" in graph and "BiasAddGrad(" not in graph and graph.count("ConvBackpropFilter(") == 1
+    assert_same(got, [t.numpy() for t in tf.function(conv("NHWC"))(x, w, b)])
+    assert_same(*run_nchw(conv, x, w, b))
+
+
 def test_max_pool_gradient_ties_go_to_the_first_maximum():
     x = np.maximum(np.round(RNG.standard_normal((2, 8, 8, 3)), 0), 0).astype(np.float32)  # many equal values
     assert_same(*run_both(with_grads(lambda x: tf.nn.max_pool2d(x, 3, 2, "SAME"), 1), x))
