@@ -107,7 +107,7 @@ def test_bound_gemm_matches_the_keyword_kernel(act, alpha, beta, trans_a, trans_
     out = np.full((3, 5), np.nan, F32) if with_out else None
     got = fused.bind_attrs(**kw)(a, b, c, out=out)
     np.testing.assert_allclose(got, fused(a, b, c, **kw), rtol=1e-5, atol=1e-6)
-    if with_out and act != "softmax" and beta == 1.0 and not trans_a and c_shape != (3, 5):
+    if with_out and act != "softmax" and beta == 1.0 and c_shape != (3, 5):
         assert got is out  # the fast path wrote the planned buffer
     gemm_fast, gemm_ref = kernels("Gemm")
     if act == "none":
@@ -218,6 +218,32 @@ def test_softmax_grad(shape):
                                   ref(dy.astype(np.float64), y.astype(np.float64)))
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 8, 8), (3, 300)])  # attention scores, a row past SHORT_ROW
+def test_scaled_softmax_and_gradient_equal_a_mul_by_the_scale(shape):
+    """ScaledSoftmax(x) is Softmax(x * c) and SoftmaxGrad(scale=c) is SoftmaxGrad * c, bit for bit (float32 products
+    where the Mul rounds them); the references agree, float64 takes the reference."""
+    softmax_fast, _ = kernels("Softmax", opset=13)
+    scaled_fast, scaled_ref = kernels("ScaledSoftmax", "opencann")
+    grad_fast, grad_ref = kernels("SoftmaxGrad", "opencann")
+    c = F32(0.25 / 3)
+    x, dy = randn(*shape) * 20, randn(*shape)
+    x.reshape(-1, shape[-1])[0, 0] = -np.inf  # a masked score
+    want = softmax_fast(x * c, axis=-1)
+    np.testing.assert_array_equal(scaled_fast(x, scale=float(c)), want)
+    np.testing.assert_allclose(scaled_ref(x, scale=float(c)), softmax_np(x.astype(np.float64) * float(c), -1),
+                               rtol=1e-5, atol=1e-7)
+    buf = x.copy()
+    assert scaled_fast(buf, scale=float(c), out=buf) is buf
+    np.testing.assert_array_equal(buf, want)
+    np.testing.assert_array_equal(scaled_fast(x.astype(np.float64), scale=0.5),
+                                  scaled_ref(x.astype(np.float64), scale=0.5))
+    y = want
+    np.testing.assert_array_equal(grad_fast(dy, y, scale=float(c)), grad_fast(dy, y) * c)
+    np.testing.assert_allclose(grad_ref(dy, y, scale=float(c)), grad_ref(dy, y) * c, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad_fast(dy, y, scale=float(c)), (dy - (dy * y).sum(-1, keepdims=True)) * y * c,
+                               rtol=1e-5, atol=1e-7)
+
+
 def layer_norm_np(x, gamma, beta, eps):
     x = x.astype(np.float64)
     mean = x.mean(-1, keepdims=True)
@@ -313,6 +339,27 @@ def test_gemm_with_epilogue_in_one_compiled_call(monkeypatch, mkl, act, trans_b,
     fused_mm, _ = kernels("FusedMatMul", "opencann")
     got = fused_mm(x, wb, c if with_bias else None, alpha=0.5, activation=act)
     np.testing.assert_allclose(got, ACTS[act](0.5 * x @ wb + (c if with_bias else 0)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mkl", [True, False])
+def test_weight_gradient_gemm_reads_a_transposed_in_one_compiled_call(monkeypatch, mkl):
+    """Gemm(X, dY, transA=1) (a weight gradient) takes the compiled call too, the same weights again through what
+    the first call worked out; sgemm without MKL; NumPy's values either way."""
+    if mkl and blas.library() is None:
+        pytest.skip("MKL is not installed")
+    if mkl:
+        monkeypatch.setattr(cpu_nn, "sgemm", None)
+    else:
+        monkeypatch.setattr(blas, "library", lambda: None)
+    x, dy, c = randn(20, 6), randn(20, 9), randn(9)
+    run = kernels("FusedGemm", "opencann")[0].bind_attrs(transA=1, activation="relu")
+    out = np.full((6, 9), np.nan, F32)
+    assert run(x, dy, c, out=out) is out
+    np.testing.assert_allclose(out, np.maximum(x.T @ dy + c, 0), rtol=1e-5, atol=1e-5)
+    x2 = randn(20, 6)
+    np.testing.assert_allclose(run(x2, dy, c), np.maximum(x2.T @ dy + c, 0), rtol=1e-5, atol=1e-5)
+    gemm = kernels("Gemm")[0].bind_attrs(transA=1, transB=1)
+    np.testing.assert_allclose(gemm(x, dy.T.copy()), x.T @ dy, rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_gemm_into_an_output_that_overlaps_an_operand():

@@ -16,8 +16,12 @@ Fused operators (emitted by :mod:`opencann.compiler.passes.fuse_patterns`):
 * ``SkipLayerNormalization(X, Skip?, gamma, beta?, bias?)``: LayerNorm over the last axis of ``X + Skip + bias``,
   with ONNX Runtime's outputs (Y, Mean, InvStdDev, the sum); without Skip, a LayerNorm for any opset;
 * ``Gelu(X)``: ONNX's Gelu (opset 20) for graphs of older opsets;
-* ``SoftmaxGrad(dY, Y)``: ``(dY - sum(dY * Y)) * Y`` over the last axis, the gradient of ``Y = Softmax(X)`` (what the
-  TensorFlow importer makes of TensorFlow's gradient of a Softmax).
+* ``SoftmaxGrad(dY, Y)``: ``(dY - sum(dY * Y)) * Y * scale`` over the last axis, the gradient of ``Y = Softmax(X)``
+  (what the TensorFlow importer makes of TensorFlow's gradient of a Softmax), times attention's score scale;
+* ``ScaledSoftmax(X)``: ``Softmax(scale * X)`` over the last axis (attention's scaled scores).
+
+Both are emitted by :mod:`opencann.compiler.passes.fuse_training` (``fold_scales``); they multiply by ``scale``
+in float32 where the Mul they replace did, so the values stay the same.
 
 ``act`` is the ``activation`` attribute: none, relu, gelu (erf), gelu_tanh, tanh, sigmoid, or softmax over the
 last axis (attention's scores: ``softmax(alpha * Q @ K^T + bias)`` in one kernel).
@@ -159,10 +163,17 @@ def gelu_any_opset(x, *, approximate="none"):
 
 
 @op("SoftmaxGrad", domain=OPENCANN_DOMAIN, infer=_infer_same, schema=_schema(
-    "SoftmaxGrad", "(dY - sum(dY * Y, last axis)) * Y: the input gradient of Y = Softmax(X) over the last axis",
-    "dY Y", "dX"))
-def softmax_grad(dy, y):
-    return ((dy - (dy * y).sum(axis=-1, keepdims=True)) * y).astype(dy.dtype, copy=False)
+    "SoftmaxGrad", "(dY - sum(dY * Y, last axis)) * Y * scale: the input gradient of Y = Softmax(X) over the last "
+    "axis, scaled", "dY Y", "dX", scale=1.0))
+def softmax_grad(dy, y, *, scale=1.0):
+    dx = ((dy - (dy * y).sum(axis=-1, keepdims=True)) * y).astype(dy.dtype, copy=False)
+    return dx if scale == 1.0 else (dx * dx.dtype.type(scale)).astype(dx.dtype, copy=False)
+
+
+@op("ScaledSoftmax", domain=OPENCANN_DOMAIN, infer=_infer_same, schema=_schema(
+    "ScaledSoftmax", "Softmax(scale * X) over the last axis", "X", "Y", scale=1.0))
+def scaled_softmax(x, *, scale=1.0):
+    return softmax((x * x.dtype.type(scale)).astype(x.dtype, copy=False), axis=-1)
 
 
 # --- Numba loops (float32, serial) ---------------------------------------------------------------
@@ -228,19 +239,23 @@ def _overlap(x, y):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _gemm_act(fn, a, b, trans_b, y, bias, alpha, code):
-    """``y = act(alpha * a @ op(b) + bias)`` for C-contiguous float32 ``a`` (m, k), ``b``, ``y`` (m, n): MKL's
-    ``cblas_sgemm`` at address ``fn``, then the epilogue, in one call; ``bias`` (n,) or empty for none."""
-    m, k = a.shape
+def _gemm_act(fn, a, b, trans_a, trans_b, y, bias, alpha, code):
+    """``y = act(alpha * op(a) @ op(b) + bias)`` for C-contiguous float32 ``a`` ((m, k), or (k, m) transposed),
+    ``b``, ``y`` (m, n): MKL's ``cblas_sgemm`` at address ``fn``, then the epilogue, in one call; ``bias`` (n,) or
+    empty for none."""
+    lda = a.shape[1]
+    k, m = a.shape if trans_a else a.shape[::-1]
     n = y.shape[1]
     if _overlap(y, a) or _overlap(y, b):
         c = np.empty((m, n), np.float32)
-        blas.gemm(fn, False, trans_b, m, n, k, np.float32(alpha), a, 0, k, b, 0, b.shape[1], np.float32(0.0), c, 0, n)
+        blas.gemm(fn, trans_a, trans_b, m, n, k, np.float32(alpha), a, 0, lda, b, 0, b.shape[1], np.float32(0.0), c, 0,
+                  n)
         for i in range(m):  # a loop: ``y[:] = c`` took ~20 s to compile
             for j in range(n):
                 y[i, j] = c[i, j]
     else:
-        blas.gemm(fn, False, trans_b, m, n, k, np.float32(alpha), a, 0, k, b, 0, b.shape[1], np.float32(0.0), y, 0, n)
+        blas.gemm(fn, trans_a, trans_b, m, n, k, np.float32(alpha), a, 0, lda, b, 0, b.shape[1], np.float32(0.0), y, 0,
+                  n)
     if bias.shape[0]:
         _epilogue(y, bias, 1.0, code)
     elif code:
@@ -282,6 +297,23 @@ def _shift_rows(x, y):
             out[j] = row[j] - m
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _scaled_shift_rows(x, y, scale):
+    """:func:`_shift_rows` of ``scale * x``, the products first written to ``y`` (float32, as a Mul by ``scale``
+    before gives them; ~35% faster on 32-wide rows than scaling inside the max); apart from :func:`_shift_rows`,
+    whose rows a product by 1 would slow by ~5%."""
+    c = np.float32(scale)
+    for i in range(x.shape[0]):
+        row, out = x[i], y[i]
+        for j in range(row.shape[0]):
+            out[j] = row[j] * c
+        m = out[0]
+        for j in range(1, row.shape[0]):
+            m = max(m, out[j])
+        for j in range(row.shape[0]):
+            out[j] = out[j] - m
+
+
 @numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
 def _normalize_rows(y):
     """Divide each row of ``y`` by its sum, in place."""
@@ -296,8 +328,11 @@ def _normalize_rows(y):
 
 
 @numba.njit(cache=True, fastmath=_REDUCE, error_model="numpy")
-def _softmax_grad_rows(dy, y, dx):
-    """``dx = (dy - sum(dy * y)) * y`` per row (``dx`` may be ``dy``: each element is read before it is written)."""
+def _softmax_grad_rows(dy, y, dx, scale):
+    """``dx = (dy - sum(dy * y)) * y``, then ``dx *= scale`` in a loop of its own, per row: the products
+    round as a Mul by ``scale`` after would (~25% faster than one loop of strict float32 arithmetic); ``dx`` may be
+    ``dy``: each element is read before it is written."""
+    c = np.float32(scale)
     for i in range(dy.shape[0]):
         g, p, out = dy[i], y[i], dx[i]
         s = np.float32(0.0)
@@ -305,6 +340,8 @@ def _softmax_grad_rows(dy, y, dx):
             s += g[j] * p[j]
         for j in range(g.shape[0]):
             out[j] = (g[j] - s) * p[j]
+        for j in range(g.shape[0]):
+            out[j] *= c
 
 
 # --- fast kernels --------------------------------------------------------------------------------
@@ -321,14 +358,19 @@ def _finish(y2d: np.ndarray, bias_row: np.ndarray, alpha: float, activation: str
     _softmax_rows(y2d)
 
 
-def _softmax_rows(y2d: np.ndarray, x2d: np.ndarray | None = None) -> None:
-    """Softmax of each row of ``x2d`` (default: ``y2d`` itself) into ``y2d`` (the row maximum is subtracted first;
-    rows of -inf give NaN). Short rows (attention scores) shift in one Numba pass, long ones through NumPy's SIMD
-    ``max``; ``exp`` is NumPy's SIMD one either way (Numba's is a scalar call per element)."""
+def _softmax_rows(y2d: np.ndarray, x2d: np.ndarray | None = None, scale: float = 1.0) -> None:
+    """Softmax of each row of ``scale * x2d`` (default: ``y2d`` itself) into ``y2d`` (the row maximum is subtracted
+    first; rows of -inf give NaN). Short rows (attention scores) scale and shift in one Numba pass, long ones through
+    NumPy's SIMD ``max``; ``exp`` is NumPy's SIMD one either way (Numba's is a scalar call per element)."""
     x2d = y2d if x2d is None else x2d
     if y2d.shape[1] < SHORT_ROW:
-        _shift_rows(x2d, y2d)
+        if scale == 1.0:
+            _shift_rows(x2d, y2d)
+        else:
+            _scaled_shift_rows(x2d, y2d, scale)
     else:
+        if scale != 1.0:
+            x2d = np.multiply(x2d, np.float32(scale), out=y2d)
         with np.errstate(invalid="ignore"):
             np.subtract(x2d, x2d.max(axis=1, keepdims=True), out=y2d)
     np.exp(y2d, out=y2d)
@@ -359,19 +401,20 @@ def _product(a: np.ndarray, b: np.ndarray, dest=None) -> np.ndarray | None:
     return out
 
 
-def _compiled_gemm(a, b, trans_b, y, bias, alpha: float, code: int) -> tuple | None:
-    """``y = act(alpha * a @ op(b) + bias)`` by :func:`_gemm_act` (float32 2-D ``a`` and ``b``, C-contiguous ``y``
-    and (n,) ``bias``, ``_NO_BIAS`` for none; ``act`` not softmax) and what it called it with, ``(fn, b, trans_b)``;
-    None, having done nothing, where MKL is missing, ``a`` or ``b`` is not C-contiguous, or :func:`sgemm` would
-    pack a constant ``b`` (big, short, wide products, where a packed weight beats one call less: BERT's
-    128 x 768 x 3072 took 1.18x the time unpacked)."""
+def _compiled_gemm(a, b, trans_b, y, bias, alpha: float, code: int, trans_a: bool = False) -> tuple | None:
+    """``y = act(alpha * op(a) @ op(b) + bias)`` by :func:`_gemm_act` (float32 2-D ``a`` and ``b``, C-contiguous
+    ``y`` and (n,) ``bias``, ``_NO_BIAS`` for none; ``act`` not softmax) and what it called it with,
+    ``(fn, b, trans_b)``; None, having done nothing, where MKL is missing, ``a`` or ``b`` is not C-contiguous, or
+    :func:`sgemm` would pack a constant ``b`` (big, short, wide products, where a packed weight beats one call less:
+    BERT's 128 x 768 x 3072 took 1.18x the time unpacked)."""
     fn = blas.sgemm_address()
-    (m, k), n = a.shape, y.shape[1]
+    m, k = a.shape[::-1] if trans_a else a.shape
+    n = y.shape[1]
     if not fn or (m < n and n * k >= blas.PACK_MIN) or not (a.flags.c_contiguous and b.flags.c_contiguous):
         return None
     if trans_b and blas._is_constant(b):
         b, trans_b = blas.transposed(b), False  # a row-major copy, made once
-    _gemm_act(fn, a, b, bool(trans_b), y, bias, alpha, code)
+    _gemm_act(fn, a, b, bool(trans_a), bool(trans_b), y, bias, alpha, code)
     return fn, b, bool(trans_b)
 
 
@@ -446,32 +489,35 @@ def _bind_gemm(alpha=1.0, beta=1.0, transA=0, transB=0, activation="none", broad
     """(Fused)Gemm with its attributes bound, for the executor's launch list: the usual call (float32 2-D ``a`` and
     ``b``, a bias row ``c``, a planned ``out``) goes straight to the compiled GEMM + epilogue (:func:`_compiled_gemm`;
     the checks of ``b`` and ``c`` and the choice of operands are remembered while the same two arrays, the weights,
-    come again: ~2 us less a call), or without MKL to sgemm and the epilogue; any other to the general kernel."""
+    come again: ~2 us less a call), or without MKL to sgemm and the epilogue; any other to the general kernel.
+    A transposed ``a`` (a weight gradient's ``X^T @ dY``) goes the same way: ~5-10 us less a call than sgemm's
+    dispatch through ctypes, the same MKL call."""
     code = ACTIVATIONS.index(activation) if activation in ACTIVATIONS[:-1] else -1
-    row = beta == 1.0 and not transA and broadcast and code >= 0
-    trans_b, bare, alpha = int(bool(transB)), alpha == 1.0 and code == 0, float(alpha)
+    row = beta == 1.0 and broadcast and code >= 0
+    trans_a, trans_b, bare, alpha = bool(transA), int(bool(transB)), alpha == 1.0 and code == 0, float(alpha)
+    ka, ma = 1 - int(trans_a), int(trans_a)  # the axes of a holding k and m
     memo = [(None, None, (), 0, 0, 0)]  # one tuple, replaced whole (concurrent runs read a consistent one): the
     # last b and c, (fn, b, trans_b) called with, k, n, least rows
 
     def run(a, b, c=None, out=None):
         last = memo[0]
         if b is last[0] and c is last[1] and type(a) is np.ndarray and a.dtype == F32 and a.ndim == 2 \
-                and a.shape[1] == last[3] and a.shape[0] >= last[5] and a.flags.c_contiguous:
-            y = output_buffer(out, (a.shape[0], last[4]))
+                and a.shape[ka] == last[3] and a.shape[ma] >= last[5] and a.flags.c_contiguous:
+            y = output_buffer(out, (a.shape[ma], last[4]))
             fn, bb, tb = last[2]
-            _gemm_act(fn, a, bb, tb, y, _NO_BIAS if c is None else c, alpha, code)
+            _gemm_act(fn, a, bb, trans_a, tb, y, _NO_BIAS if c is None else c, alpha, code)
             return y
         if row and type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == b.dtype == F32 \
-                and a.ndim == b.ndim == 2 and a.shape[1] == b.shape[trans_b] and a.size and b.size and (
+                and a.ndim == b.ndim == 2 and a.shape[ka] == b.shape[trans_b] and a.size and b.size and (
                     c is None or type(c) is np.ndarray and c.dtype == F32 and c.shape == (b.shape[1 - trans_b],)
                     and c.flags.c_contiguous):
-            y = output_buffer(out, (a.shape[0], b.shape[1 - trans_b]))
-            called = _compiled_gemm(a, b, trans_b, y, _NO_BIAS if c is None else c, alpha, code)
+            y = output_buffer(out, (a.shape[ma], b.shape[1 - trans_b]))
+            called = _compiled_gemm(a, b, trans_b, y, _NO_BIAS if c is None else c, alpha, code, trans_a)
             if called:
-                k, n = a.shape[1], y.shape[1]
+                k, n = a.shape[ka], y.shape[1]
                 memo[0] = (b, c, called, k, n, n if n * k >= blas.PACK_MIN else 1)
                 return y
-            sgemm(a, b, y, trans_b=trans_b)
+            sgemm(a, b, y, trans_a=trans_a, trans_b=trans_b)
             if c is not None or not bare:
                 _epilogue(y, np.zeros(y.shape[1], F32) if c is None else c, alpha, code)
             return y
@@ -502,19 +548,30 @@ kernel("Gelu", "cpu", domain=OPENCANN_DOMAIN)(_gelu_cpu)
 def softmax_cpu(x, *, axis=-1, out=None):
     if not _f32(x) or x.ndim == 0 or axis not in (-1, x.ndim - 1) or x.shape[-1] == 0:
         return softmax(x, axis=axis)
+    return _softmax(x, 1.0, out)
+
+
+@kernel("ScaledSoftmax", "cpu", domain=OPENCANN_DOMAIN)
+def scaled_softmax_cpu(x, *, scale=1.0, out=None):
+    if not _f32(x) or x.ndim == 0 or x.shape[-1] == 0:
+        return scaled_softmax(x, scale=scale)
+    return _softmax(x, scale, out)
+
+
+def _softmax(x: np.ndarray, scale: float, out) -> np.ndarray:
     x = np.ascontiguousarray(x)
     y = output_buffer(out, x.shape)
-    _softmax_rows(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]))
+    _softmax_rows(y.reshape(-1, x.shape[-1]), x.reshape(-1, x.shape[-1]), scale)
     return y
 
 
 @kernel("SoftmaxGrad", "cpu", domain=OPENCANN_DOMAIN)
-def softmax_grad_cpu(dy, y, out=None):
+def softmax_grad_cpu(dy, y, *, scale=1.0, out=None):
     if not _f32(dy, y) or dy.shape != y.shape or dy.ndim == 0 or dy.size == 0:
-        return softmax_grad(dy, y)
+        return softmax_grad(dy, y, scale=scale)
     dy, y, n = np.ascontiguousarray(dy), np.ascontiguousarray(y), dy.shape[-1]
     dx = output_buffer(out, dy.shape)
-    _softmax_grad_rows(dy.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n))
+    _softmax_grad_rows(dy.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n), scale)
     return dx
 
 

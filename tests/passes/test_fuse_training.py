@@ -11,6 +11,10 @@ from opencann.compiler.passes.fuse_training import (
     batch_list_ops,
     chain_scalars,
     chain_updates,
+    fold_attention,
+    fold_head_biases,
+    fold_scales,
+    fold_sum_reshapes,
     fold_transposes,
     hoist_invariants,
     merge_chains,
@@ -240,6 +244,132 @@ def test_transposed_matmul_operands_become_gemm_flags():
     for got, want in zip(Executor(after).run(feeds), [x.T @ dy, dy @ w.T, dy @ w.T, w.T, s @ s.transpose(0, 2, 1)],
                          strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def head_projections() -> tuple[Graph, dict]:
+    """Keras' attention projections: MatMul -> Reshape into heads -> Add of a per-head bias (a variable; a constant
+    on the left with a leading 1; a reshape that also regroups the leading axes), and three that stay: a bias that
+    broadcasts over the heads, a split product also read elsewhere, a reshape that does not keep W's columns
+    together."""
+    rng = np.random.default_rng(3)
+    feeds = {k: rng.standard_normal(shape).astype(np.float32)
+             for k, shape in (("x", (2, 3, 8)), ("w", (8, 6)), ("b", (2, 3)), ("b3", (3,)), ("b6", (6,)), ("b2", (2,)))}
+    ins = {k: Value(k, TensorType(F32, a.shape)) for k, a in feeds.items()}
+    bc = Value("bc", const=rng.standard_normal((1, 2, 3)).astype(np.float32))
+    splits = [Value(f"shape{i}", const=np.array(dims, np.int64))
+              for i, dims in enumerate(([2, 3, 2, 3], [3, 2, 6], [2, 9, 2]))]
+    cases = [(ins["b"], 0), (bc, 0), (ins["b6"], 1), (ins["b3"], 0), (ins["b"], 0), (ins["b2"], 2)]
+    nodes, outputs = [], []
+    for i, (bias, split) in enumerate(cases):
+        m, r, y = Value(f"m{i}"), Value(f"r{i}"), Value(f"y{i}")
+        nodes += [Node("MatMul", [ins["x"], ins["w"]], [m], name=f"mm{i}"),
+                  Node("Reshape", [m, splits[split]], [r], name=f"split{i}"),
+                  Node("Add", [bias, r] if i == 1 else [r, bias], [y], name=f"add{i}")]
+        outputs += [y, r] if i == 4 else [y]
+    graph = Graph(inputs=list(ins.values()), outputs=outputs, nodes=nodes, initializers=[bc, *splits], opsets={"": 17})
+    return infer_shapes(graph), feeds
+
+
+def test_head_biases_go_into_the_product_epilogue_with_identical_values():
+    graph, feeds = head_projections()
+    want = Executor(graph).run(feeds)
+    graph, _ = head_projections()
+    after = fold_head_biases(graph)
+    assert [(n.op, n.name) for n in after.nodes][:8] == [
+        ("Reshape", "add0/bias_row"), ("FusedMatMul", "mm0/biased"), ("Reshape", "split0/biased"),
+        ("FusedMatMul", "mm1/biased"), ("Reshape", "split1/biased"),  # the constant bias: a constant row
+        ("Reshape", "add2/bias_row"), ("FusedMatMul", "mm2/biased"), ("Reshape", "split2/biased")]
+    assert [n.op for n in after.nodes][8:] == ["MatMul", "Reshape", "Add"] * 3
+    assert after.nodes[3].inputs[2].const.shape == (6,)
+    got = Executor(after).run(feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    x, w, b = feeds["x"], feeds["w"], feeds["b"]
+    np.testing.assert_allclose(got[0], (x @ w).reshape(2, 3, 2, 3) + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[2], (x @ w).reshape(3, 2, 6) + feeds["b6"], rtol=1e-5, atol=1e-6)
+
+
+def scaled_scores() -> tuple[Graph, dict]:
+    """Attention's scale: Mul -> Softmax forward, SoftmaxGrad -> Mul backward (the product read twice); and a
+    scaled Softmax over another axis, a scale read twice and a float64-looking scale, which stay."""
+    rng = np.random.default_rng(4)
+    feeds = {"s": rng.standard_normal((2, 2, 4, 4)).astype(np.float32) * 5,
+             "dy": rng.standard_normal((2, 2, 4, 4)).astype(np.float32)}
+    ins = {k: Value(k, TensorType(F32, a.shape)) for k, a in feeds.items()}
+    c, c64 = Value("c", const=np.array(0.25, np.float32)), Value("c64", const=np.array(0.25, np.float64))
+    v = {n: Value(n) for n in ("ss", "p", "g", "gs", "da", "db", "t", "q", "t2", "q2", "u")}
+    nodes = [Node("Mul", [ins["s"], c], [v["ss"]]), Node("Softmax", [v["ss"]], [v["p"]], {"axis": -1}),
+             Node("SoftmaxGrad", [ins["dy"], v["p"]], [v["g"]], domain="opencann"),
+             Node("Mul", [c, v["g"]], [v["gs"]]), Node("Neg", [v["gs"]], [v["da"]]), Node("Abs", [v["gs"]], [v["db"]]),
+             Node("Mul", [ins["s"], c], [v["t"]]), Node("Softmax", [v["t"]], [v["q"]], {"axis": 1}),
+             Node("Mul", [ins["dy"], c], [v["t2"]]), Node("Softmax", [v["t2"]], [v["q2"]], {"axis": 3}),
+             Node("Exp", [v["t2"]], [v["u"]])]
+    graph = Graph(inputs=list(ins.values()), outputs=[v[n] for n in ("p", "da", "db", "q", "q2", "u")], nodes=nodes,
+                  initializers=[c, c64], opsets={"": 17, "opencann": 1})
+    return infer_shapes(graph), feeds
+
+
+def test_score_scales_fold_into_softmax_and_its_gradient_with_identical_values():
+    graph, feeds = scaled_scores()
+    want = Executor(graph).run(feeds)
+    graph, _ = scaled_scores()
+    after = fold_scales(graph)
+    assert [(n.domain, n.op, n.attrs.get("scale")) for n in after.nodes][:4] == [
+        ("opencann", "ScaledSoftmax", 0.25), ("opencann", "SoftmaxGrad", 0.25), ("", "Neg", None), ("", "Abs", None)]
+    assert [n.op for n in after.nodes][4:] == ["Mul", "Softmax", "Mul", "Softmax", "Exp"]
+    got = Executor(after).run(feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    p = np.exp(feeds["s"] / 4 - (feeds["s"] / 4).max(-1, keepdims=True))
+    np.testing.assert_allclose(got[0], p / p.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    graph, _ = scaled_scores()
+    graph.nodes[0].inputs[1] = graph.initializers[1]  # a float64 scale: left alone
+    assert [n.op for n in fold_scales(graph).nodes][:2] == ["Mul", "Softmax"]
+    graph, _ = scaled_scores()
+    graph.opsets[""] = 12
+    del graph.nodes[1].attrs["axis"]  # opset 12's default axis 1: over the last three axes
+    assert [n.op for n in fold_scales(graph).nodes][:2] == ["Mul", "Softmax"]
+
+
+def bias_gradient_sums() -> tuple[Graph, dict]:
+    """Per-head bias gradients: ReduceSum over the leading axes (keepdims) then Reshape to the kept axes, twice (axes
+    given negative once); and three that stay: a reshape to another shape, a sum also returned, a sum without
+    keepdims."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ins = Value("x", TensorType(F32, x.shape))
+    consts = [Value(n, const=np.array(c, np.int64)) for n, c in
+              (("lead", [0, 1]), ("lead_neg", [-4, 1]), ("heads", [4, 5]), ("flat", [20]))]
+    lead, lead_neg, heads, flat = consts
+    v = {n: Value(n) for n in ("s0", "g0", "s1", "g1", "s2", "g2", "s3", "g3", "s4", "g4")}
+    nodes = [Node("ReduceSum", [ins, lead], [v["s0"]], {"keepdims": 1}), Node("Reshape", [v["s0"], heads], [v["g0"]]),
+             Node("ReduceSum", [ins, lead_neg], [v["s1"]], {"keepdims": 1}),
+             Node("Reshape", [v["s1"], heads], [v["g1"]]),
+             Node("ReduceSum", [ins, lead], [v["s2"]], {"keepdims": 1}), Node("Reshape", [v["s2"], flat], [v["g2"]]),
+             Node("ReduceSum", [ins, lead], [v["s3"]], {"keepdims": 1}), Node("Reshape", [v["s3"], heads], [v["g3"]]),
+             Node("ReduceSum", [ins, lead], [v["s4"]], {"keepdims": 0}), Node("Reshape", [v["s4"], heads], [v["g4"]])]
+    graph = Graph(inputs=[ins], outputs=[v[n] for n in ("g0", "g1", "g2", "g3", "s3", "g4")], nodes=nodes,
+                  initializers=consts, opsets={"": 17})
+    return infer_shapes(graph), {"x": x}
+
+
+def test_bias_gradient_sums_drop_their_reshape_with_identical_values():
+    graph, feeds = bias_gradient_sums()
+    want = Executor(graph).run(feeds)
+    graph, _ = bias_gradient_sums()
+    after = fold_sum_reshapes(graph)
+    assert [(n.op, n.attrs.get("keepdims")) for n in after.nodes] == [
+        ("ReduceSum", 0), ("ReduceSum", 0), ("ReduceSum", 1), ("Reshape", None), ("ReduceSum", 1), ("Reshape", None),
+        ("ReduceSum", 0), ("Reshape", None)]
+    got = Executor(after).run(feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_allclose(got[0], feeds["x"].sum((0, 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_attention_runs_the_three_folds():
+    graphs = [head_projections()[0], scaled_scores()[0], bias_gradient_sums()[0]]
+    counts = [len(g.nodes) for g in graphs]
+    assert [len(fold_attention(g).nodes) for g in graphs] == [counts[0] - 1, counts[1] - 2, counts[2] - 2]
 
 
 def accumulators() -> Graph:

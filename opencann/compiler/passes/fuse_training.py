@@ -15,14 +15,16 @@ the chains of one kind (same ops, inputs of one shape each, the same scalars) as
 the TensorList appends (forward loop body) and pops (gradient loop body) of carried lists, after fusing the LSTM
 cells of those bodies (:func:`~opencann.compiler.passes.fuse_rnn_loops.fuse_lstm_cells`).
 :func:`hoist_invariants` moves a loop body's work on loop-invariant values (a TF while loop measuring its input
-list for the gradient) in front of the loop.
+list for the gradient) in front of the loop. :func:`fold_attention` runs, for attention: :func:`fold_head_biases` (the
+per-head projection biases added in the GEMM's epilogue), :func:`fold_scales` (the score scale in the Softmax and its
+gradient) and :func:`fold_sum_reshapes` (the bias gradients' sums without the reshape after them); all bit-identical.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from opencann.compiler.ir import Graph, Node, TensorType, Value
-from opencann.compiler.passes import readers_of
+from opencann.compiler.passes import const_of, readers_of
 from opencann.compiler.passes.fuse_rnn_loops import fuse_lstm_cells
 from opencann.ops.tf_ops import CHAIN_CODES, CHAIN_UFUNCS
 
@@ -363,3 +365,154 @@ def _hoist(loop: Node, body: Graph) -> list[Node]:
         taken = {id(n) for n in moved}
         body.nodes = [n for n in body.nodes if id(n) not in taken]
     return moved
+
+
+def fold_attention(graph: Graph) -> Graph:
+    """:func:`fold_head_biases`, :func:`fold_scales`, :func:`fold_sum_reshapes`: a Keras attention layer's training
+    step in ~8 launches fewer. In place; returns the graph."""
+    return fold_sum_reshapes(fold_scales(fold_head_biases(graph)))
+
+
+def fold_sum_reshapes(graph: Graph) -> Graph:
+    """``Reshape(ReduceSum(x, axes, keepdims=1))`` to the sum's shape without its reduced axes (a bias gradient of
+    per-head biases: ``[1, 1, heads, size]`` to ``[heads, size]``), the sum read nowhere else, becomes
+    ``ReduceSum(x, axes, keepdims=0)``: one launch less, the same values. In place; returns the graph."""
+    readers = readers_of(graph)
+    gone: set[int] = set()
+    for k, node in enumerate(graph.nodes):
+        total = node.inputs[0].producer if node.op == "Reshape" and not node.domain else None
+        if total is None or total.op != "ReduceSum" or total.domain or not total.attrs.get("keepdims", 1) or \
+                readers[total.outputs[0].name] != [node]:
+            continue
+        axes = const_of(total.inputs[1]) if len(total.inputs) > 1 else total.attrs.get("axes")
+        shape, kept = _shape(total.inputs[0]), _static_shape(total.outputs[0])
+        if axes is None or shape is None or kept is None or not np.size(axes) or \
+                not all(-len(shape) <= a < len(shape) for a in np.ravel(axes)):
+            continue
+        reduced = {int(a) % len(shape) for a in np.ravel(axes)}
+        if _static_shape(node.outputs[0]) == tuple(d for i, d in enumerate(kept) if i not in reduced):
+            graph.nodes[k] = Node("ReduceSum", total.inputs, node.outputs, {**total.attrs, "keepdims": 0},
+                                  name=f"{total.name}/squeezed")
+            gone.add(id(total))
+    graph.nodes = [n for n in graph.nodes if id(n) not in gone]
+    return graph
+
+
+def fold_head_biases(graph: Graph) -> Graph:
+    """``Add(Reshape(MatMul(a, W)), bias)`` (Keras' attention projections: a dense layer whose result splits into
+    heads, then the per-head bias), float32, a 2-D ``W`` whose columns the reshape splits over the trailing axes the
+    bias spans, becomes ``Reshape(FusedMatMul(a, W, Reshape(bias, [n])))``: the GEMM's epilogue adds the bias, one
+    launch and one pass over the product less, same values. In place; returns the graph."""
+    readers = readers_of(graph)
+    fused: dict[int, list[Node]] = {}
+    gone: set[int] = set()
+    for node in graph.nodes:
+        match = _head_bias(node, readers)
+        if match is not None:
+            product, split, bias = match
+            fused[id(node)] = _biased_product(graph, node, product, split, bias)
+            gone |= {id(product), id(split)}
+    graph.nodes = [m for n in graph.nodes if id(n) not in gone for m in fused.get(id(n), [n])]
+    return graph
+
+
+def _head_bias(add: Node, readers: dict) -> tuple[Node, Node, Value] | None:
+    """(MatMul, Reshape, bias) when ``add`` ends the pattern :func:`fold_head_biases` folds, else None. The reshape's
+    trailing axes that the bias spans hold exactly W's n columns (static; the leading ones may be dynamic): each of
+    their blocks is one row of the product, whatever the leading axes."""
+    if add.op != "Add" or add.domain or len(add.inputs) != 2:
+        return None
+    for j, v in enumerate(add.inputs):
+        split, bias = v.producer, add.inputs[1 - j]
+        product = split.inputs[0].producer if split is not None and split.op == "Reshape" and not split.domain \
+            else None
+        if product is None or product.op != "MatMul" or product.domain or readers[v.name] != [add] \
+                or readers[split.inputs[0].name] != [split]:
+            continue
+        a, w, b, r = _shape(product.inputs[0]), _static_shape(product.inputs[1]), _static_shape(bias), _shape(v)
+        if a is None or w is None or b is None or r is None or len(a) < 2 or len(w) != 2 or a[-1] != w[0] or \
+                len(b) > len(r) or _shape(add.outputs[0]) != r or \
+                any(_dtype(x) != np.float32 for x in (*product.inputs, bias)):
+            continue
+        tail = _strip(b)
+        if r[len(r) - len(tail):] == tail and int(np.prod(tail)) == w[1]:
+            return product, split, bias
+    return None
+
+
+def _shape(v: Value) -> tuple | None:
+    """``v``'s shape (dims may be unknown or symbolic); None where its rank is unknown."""
+    return v.type.shape if isinstance(v.type, TensorType) else None
+
+
+def _strip(shape: tuple) -> tuple:
+    """``shape`` without its leading ones."""
+    k = 0
+    while k < len(shape) and shape[k] == 1:
+        k += 1
+    return tuple(shape[k:])
+
+
+def _biased_product(graph: Graph, add: Node, product: Node, split: Node, bias: Value) -> list[Node]:
+    """The nodes replacing ``add`` (and ``product`` and ``split``): the bias as a row, the FusedMatMul, the
+    reshape into ``add``'s result."""
+    n = _static_shape(product.inputs[1])[1]
+    nodes = []
+    row = Value(f"{add.name}/bias_row", TensorType(np.dtype(np.float32), (n,)))
+    if const_of(bias) is not None:
+        row.const = np.ascontiguousarray(const_of(bias).reshape(n))
+        graph.initializers.append(row)
+    else:
+        shape = Value(f"{add.name}/bias_shape", const=np.array([n], np.int64))
+        graph.initializers.append(shape)
+        nodes.append(Node("Reshape", [bias, shape], [row], name=f"{add.name}/bias_row"))
+    y = Value(f"{product.name}/biased", product.outputs[0].type)
+    nodes.append(Node("FusedMatMul", [*product.inputs, row], [y], {"alpha": 1.0, "activation": "none"},
+                      name=f"{product.name}/biased", domain="opencann"))
+    nodes.append(Node("Reshape", [y, split.inputs[1]], add.outputs, split.attrs, name=f"{split.name}/biased"))
+    return nodes
+
+
+def fold_scales(graph: Graph) -> Graph:
+    """Attention's score scale, a float32 scalar constant, into its neighbours: ``Softmax(Mul(x, c))`` over the last
+    axis becomes ``opencann::ScaledSoftmax(x, scale=c)``, ``Mul(SoftmaxGrad(dy, y), c)`` becomes ``SoftmaxGrad`` with
+    ``scale=c`` (the products read nowhere else): the kernels multiply by ``c`` in float32 where the Mul did, one
+    launch and one pass over the scores less each, same values. In place; returns the graph."""
+    readers = readers_of(graph)
+    gone: set[int] = set()
+    for k, node in enumerate(graph.nodes):
+        if node.op == "Softmax" and not node.domain and _last_axis(node, graph.opsets.get("", 1)):
+            scaled = _scaled(node.inputs[0].producer)
+            if scaled is not None and readers[node.inputs[0].name] == [node]:
+                x, c = scaled
+                graph.nodes[k] = Node("ScaledSoftmax", [x], node.outputs, {"scale": c}, name=f"{node.name}/scaled",
+                                      domain="opencann")
+                gone.add(id(node.inputs[0].producer))
+        scaled = _scaled(node)
+        grad = scaled[0].producer if scaled is not None else None
+        if grad is not None and grad.op == "SoftmaxGrad" and grad.domain == "opencann" and \
+                grad.attrs.get("scale", 1.0) == 1.0 and readers[grad.outputs[0].name] == [node]:
+            graph.nodes[k] = Node("SoftmaxGrad", grad.inputs, node.outputs, {"scale": scaled[1]},
+                                  name=f"{grad.name}/scaled", domain="opencann")
+            gone.add(id(grad))
+    graph.nodes = [n for n in graph.nodes if id(n) not in gone]
+    return graph
+
+
+def _last_axis(softmax: Node, opset: int) -> bool:
+    """Whether ``softmax`` normalizes over its input's last axis alone (before opset 13, axis 1 by default)."""
+    shape = _shape(softmax.inputs[0])
+    return bool(shape) and softmax.attrs.get("axis", -1 if opset >= 13 else 1) in (-1, len(shape) - 1)
+
+
+def _scaled(mul: Node | None) -> tuple[Value, float] | None:
+    """(x, c) for ``mul`` = ``Mul(x, c)`` or ``Mul(c, x)``, float32 ``x`` of known rank, ``c`` a float32 one-element
+    constant of no higher rank (the product has ``x``'s shape); else None."""
+    if mul is None or mul.op != "Mul" or mul.domain or len(mul.inputs) != 2:
+        return None
+    for j, c in enumerate(mul.inputs):
+        value, x = const_of(c), mul.inputs[1 - j]
+        if value is not None and value.size == 1 and value.dtype == np.float32 and _dtype(x) == np.float32 and \
+                _shape(x) is not None and value.ndim <= len(_shape(x)):
+            return x, float(value.reshape(()))
+    return None
