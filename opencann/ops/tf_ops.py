@@ -21,7 +21,10 @@ DOMAIN = "opencann"
 
 @op("DivNoNan", domain=DOMAIN)
 def div_no_nan(x, y):
-    """``x / y``, 0 where ``y`` is 0: a division only where ``y`` is not (no error-state switching)."""
+    """``x / y``, 0 where ``y`` is 0: a division only where ``y`` is not (no error-state switching); two
+    scalars (a loss' mean) divide directly, ~4x faster."""
+    if x.ndim == 0 == y.ndim:
+        return np.array(x / y if y else 0, x.dtype)
     out = np.zeros(np.broadcast_shapes(x.shape, y.shape), x.dtype)
     np.divide(x, y, out=out, where=y != 0, casting="unsafe")
     return out
@@ -104,13 +107,63 @@ def _infer_sparse_cross_entropy(node):
 
 @op("SparseSoftmaxCrossEntropyWithLogits", domain=DOMAIN, infer=_infer_sparse_cross_entropy)
 def sparse_softmax_cross_entropy(features, labels):
-    """(loss per example, gradient w.r.t. the logits)."""
+    """(loss per example, gradient w.r.t. the logits). A float32 batch takes one compiled pass per row in
+    float64 (:func:`_sparse_xent`: ~3x faster than NumPy's passes at Keras' sizes, each result rounded once);
+    other dtypes compute in NumPy. A label outside ``[0, classes)`` is an error, as in TensorFlow."""
+    classes = features.shape[-1]
+    if features.dtype == np.float32 and features.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
+        loss, grad = np.empty(features.shape[0], np.float32), np.empty(features.shape, np.float32)
+        bad = _xent_jit()(np.ascontiguousarray(features), labels.astype(np.int64, copy=False), loss, grad)
+        if bad < 0:
+            return loss, grad
+        _bad_label(labels[bad], classes)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        _bad_label(labels.min() if labels.min() < 0 else labels.max(), classes)
     logp = _log_softmax(features)
     rows = np.arange(features.shape[0])
     loss = -logp[rows, labels.astype(np.int64)]
     grad = np.exp(logp)
     grad[rows, labels.astype(np.int64)] -= 1
     return loss.astype(features.dtype), grad.astype(features.dtype)
+
+
+def _bad_label(label, classes: int):
+    raise AclError(ErrorCode.INVALID_PARAM, f"SparseSoftmaxCrossEntropyWithLogits: label {label} is outside the "
+                   f"valid range [0, {classes})")
+
+
+_xent_kernel = None
+
+
+def _xent_jit():
+    """:func:`_sparse_xent`'s compiled kernel (Numba imported at the first use)."""
+    global _xent_kernel
+    if _xent_kernel is None:
+        import numba
+
+        _xent_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_sparse_xent)
+    return _xent_kernel
+
+
+def _sparse_xent(features, labels, loss, grad):
+    """Loss and logit gradient per row of ``features`` in float64 (log-sum-exp shifted by the row maximum);
+    returns -1, or the first row whose label is out of range."""
+    n, c = features.shape
+    for i in range(n):
+        label = labels[i]
+        if label < 0 or label >= c:
+            return i
+        top = features[i, 0]
+        for j in range(1, c):
+            top = max(top, features[i, j])
+        total = 0.0
+        for j in range(c):
+            total += np.exp(np.float64(features[i, j]) - top)
+        lse = np.log(total) + top
+        for j in range(c):
+            grad[i, j] = np.exp(np.float64(features[i, j]) - lse) - (j == label)
+        loss[i] = lse - features[i, label]
+    return -1
 
 
 @op("SoftmaxCrossEntropyWithLogits", domain=DOMAIN)
@@ -490,6 +543,34 @@ def pooled(value) -> bool:
     return POOLED.get(id(value)) is value
 
 
+_SPLIT: dict[int, list] = {}  # id of a block split into views -> [weak reference to it, views alive, their refs]
+
+
+def split_views(block: np.ndarray, views: list) -> list:
+    """Records ``views``: disjoint views of ``block`` (an array that owns its data) that will be its only holders
+    (see :func:`sole_split_view`). ``elementwise_chains`` splits its results this way: the adapter hands them to
+    TF without copying them."""
+    if block.base is None:
+        key = id(block)
+        entry = _SPLIT[key] = [weakref.ref(block, lambda _: _SPLIT.pop(key, None)), len(views), None]
+
+        def gone(_):
+            entry[1] -= 1
+
+        entry[2] = [weakref.ref(v, gone) for v in views]
+    return views
+
+
+def sole_split_view(value: np.ndarray) -> bool:
+    """Whether ``value`` is one of :func:`split_views`' views and only those views refer to their block: no
+    other view can overlap it then."""
+    base = value.base
+    entry = _SPLIT.get(id(base))
+    if entry is None or entry[0]() is not base:
+        return False
+    return sys.getrefcount(base) <= entry[1] + 2  # the views', ``base`` and getrefcount's argument
+
+
 _pools: dict[int, UpdatePool] = {}
 _pools_lock = threading.Lock()
 
@@ -553,7 +634,9 @@ def elementwise_chain(*inputs, ops, operands, results):
 
 
 CHAIN_CODES = {name: k for k, name in enumerate(("Add", "Sub", "Mul", "Div", "Sqrt", "Neg", "Abs"))}  # _run_chains
-_CHAIN_BLOCK = 512  # elements per pass over the ops: a block's intermediates stay in L1
+_LANES = 16  # float32 elements in ALIGNMENT bytes
+_ZEROS = np.zeros(_LANES, np.float32)
+_CHAIN_BLOCK = 256  # elements per pass over the ops: a block's rows stay in L1 (512 spilled at 15 ops: 18% slower)
 _chain_kernel = None
 
 
@@ -626,7 +709,8 @@ def elementwise_chains(*inputs, ops, operands, results, shared, pieces, n_inputs
     variables at once (made by :func:`opencann.compiler.passes.fuse_training.merge_chains`): the inputs are each
     piece's own inputs (the chain's ``n_inputs`` inputs but those at ``shared``), piece after piece, then the
     ``shared`` ones (scalars); returns each piece's results, piece after piece. Float32 runs in one compiled
-    kernel over the pieces side by side, in blocks (:func:`_run_chains`); other dtypes piece by piece."""
+    kernel over the pieces side by side, in blocks (:func:`_run_chains`), its results 64-byte aligned views of
+    one block (:func:`split_views`: TF adopts them); other dtypes piece by piece."""
     return _bind_chains(ops=ops, operands=operands, results=results, shared=shared, pieces=pieces,
                         n_inputs=n_inputs)(*inputs)
 
@@ -642,18 +726,24 @@ def _bind_chains(*, ops, operands, results, shared, pieces, n_inputs):
             common = inputs[n_own:]
             return tuple(y for p in range(pieces)
                          for y in _chain_piece(inputs[p * per:(p + 1) * per], common, shared, ops, operands, results))
-        x = np.empty((per, sum(inputs[p * per].size for p in range(pieces))), dtype)
-        for j in range(per):
-            np.concatenate(inputs[j:n_own:per], axis=None, out=x[j])
-        out = np.empty((len(results), x.shape[1]), dtype)
+        sizes = [inputs[p * per].size for p in range(pieces)]
+        pads = [(p + 1, _ZEROS[:-size % _LANES]) for p, size in enumerate(sizes) if size % _LANES][::-1]
+        x = np.empty((per, sum(sizes) + sum(pad.size for _, pad in pads)), dtype)
+        for j in range(per):  # each piece's columns start 64-byte aligned: zeros after a piece that needs them
+            row = list(inputs[j:n_own:per])
+            for at, pad in pads:
+                row.insert(at, pad)
+            np.concatenate(row, axis=None, out=x[j])
+        raw = np.empty(len(results) * x.shape[1] + _LANES, dtype)
+        first = -raw.__array_interface__["data"][0] % ALIGNMENT // dtype.itemsize
+        out = raw[first:first + len(results) * x.shape[1]].reshape(len(results), x.shape[1])
         _chain_jit()(x, np.array(inputs[n_own:], dtype), *layout, out)
         outs, start = [], 0
         for p in range(pieces):
-            shape = inputs[p * per].shape
-            end = start + inputs[p * per].size
-            outs.extend(out[:, start:end].reshape((len(results), *shape)))  # each result a contiguous view
-            start = end
-        return tuple(outs)
+            end = start + sizes[p]
+            outs.extend(out[:, start:end].reshape((len(results), *inputs[p * per].shape)))  # aligned, contiguous
+            start = end + -end % _LANES
+        return tuple(split_views(raw, outs))  # TF adopts them as they are
 
     return run
 

@@ -168,16 +168,41 @@ def test_handoff_keeps_only_arrays_nothing_else_holds():
     assert all(g.dtype == f32 and g.flags.writeable for g in got)
 
 
-def test_handoff_passes_packed_values_as_they_are():
-    """Values the write packs (copies into one array per dtype) are not copied first; other dtypes still are."""
+def test_handoff_keeps_split_views_only_while_nothing_else_views_their_block():
+    """A merged chain's results (disjoint views of one block, tf_ops.split_views) go to TF as they are while
+    only they hold the block; any other view of it (even after a sibling died) makes them copies."""
     from opencann.frontends.tensorflow.adapter import handoff
+    from opencann.ops.tf_ops import split_views
 
     f32 = np.dtype(np.float32)
-    base = np.ones((2, 3), f32)
-    values = [base[0], base[1], np.ones(3, np.float64), base[1]]
-    got = handoff(values, [f32] * len(values), frozenset({0, 1, 2}))
-    assert got[0] is values[0] and got[1] is values[1]
-    assert got[2].dtype == f32 and got[3] is not values[3]
+
+    def split():
+        block = np.arange(12, dtype=f32).reshape(3, 4).copy()
+        return list(split_views(block, [block[0], block[1], block[2]]))
+
+    values = split()
+    got = handoff(values, [f32] * 3)
+    assert all(g is v for g, v in zip(got, values))
+    values = split()
+    other = values[1].reshape(2, 2)  # a view of the block no chain made
+    got = handoff(values, [f32] * 3)
+    assert all(g is not v for g, v in zip(got, values)) and np.array_equal(got[1], other.reshape(4))
+    values = split()
+    other = values.pop().reshape(2, 2)  # a sibling gone, another view in its place: the count must not match
+    got = handoff(values, [f32] * 2)
+    assert all(g is not v for g, v in zip(got, values))
+    block = np.arange(12, dtype=f32).reshape(3, 4)  # not the owner of its data: not recorded
+    values = list(split_views(block, [block[0], block[1], block[2]]))
+    del block
+    assert all(g is not v for g, v in zip(handoff(values, [f32] * 3), values))
+    values = split()
+    got = handoff([values[0], values[0]], [f32] * 2)  # listed twice
+    assert got[0] is not values[0] and got[1] is not values[0]
+    from opencann.ops import tf_ops
+
+    before = len(tf_ops._SPLIT)
+    del values, got, other
+    assert len(tf_ops._SPLIT) < before  # a block's record goes with it
 
 
 def test_gradient_ops_infer_static_shapes():
@@ -226,8 +251,7 @@ def test_reads_see_eager_writes_between_calls_and_are_read_only():
 
 
 def test_grouped_writes_adopt_aligned_arrays_and_reads_are_views():
-    """One call writes every variable (TF adopts a 64-byte aligned array without copying; small ones travel
-    packed per dtype), one reads them."""
+    """One call writes every variable (TF adopts a 64-byte aligned array without copying), one reads them."""
     from opencann.frontends.tensorflow.adapter import VariableIO
     from tests.tf.harness import tf
 
@@ -235,8 +259,7 @@ def test_grouped_writes_adopt_aligned_arrays_and_reads_are_views():
                  tf.Variable(np.zeros((2, 3), np.float32)), tf.Variable(np.zeros(3, np.float32))]
     handles = [v.handle for v in variables]
     dtypes = [v.dtype for v in variables]
-    io = VariableIO((handles, dtypes), (handles[:2] + handles[3:], dtypes[:2] + dtypes[3:], [None, (), (2, 3), (3,)]))
-    assert io.writing.singles == [0] and io.writing.packs == [[1], [2, 3]]
+    io = VariableIO((handles, dtypes), (handles[:2] + handles[3:], dtypes[:2] + dtypes[3:]))
     raw = np.empty(4096 * 4 + 64, np.uint8)
     new = raw[-raw.ctypes.data % 64:][:4096 * 4].view(np.float32)
     new[:] = np.arange(4096)
@@ -252,6 +275,57 @@ def test_grouped_writes_adopt_aligned_arrays_and_reads_are_views():
     for value, want in zip(read, [np.arange(4096), 7, np.zeros((2, 2)), *small[1:]]):
         np.testing.assert_array_equal(value, want)
         assert value.shape == np.shape(want) and not value.flags.writeable
+
+
+def test_merged_chain_results_are_aligned_and_adopted_by_tensorflow():
+    """ElementwiseChains' results (pieces of odd sizes too) start 64-byte aligned in one block: handoff keeps
+    them and TF adopts them without a copy; the values are the chain's."""
+    from opencann.frontends.tensorflow.adapter import VariableIO, handoff
+    from tests.tf.harness import tf
+
+    run = tf_ops._bind_chains(ops=["Mul", "Add"], operands=[0, 1, 2, 0], results=[3], shared=[1], pieces=3,
+                              n_inputs=2)
+    inputs = [np.full((4, 16), 2, np.float32), np.full(5, 3, np.float32), np.full(7, 4, np.float32), np.float32(0.5)]
+    results = list(run(*inputs))
+    assert [r.shape for r in results] == [(4, 16), (5,), (7,)]
+    addresses = [r.ctypes.data for r in results]
+    assert all(a % 64 == 0 for a in addresses)
+    variables = [tf.Variable(np.zeros(r.shape, np.float32)) for r in results]
+    handles = [v.handle for v in variables]
+    io = VariableIO((handles, [tf.float32] * 3), (handles, [tf.float32] * 3))
+    values = handoff(results, [np.dtype(np.float32)] * 3)
+    assert all(v is r for v, r in zip(values, results))
+    del results
+    io.write(handles, values)
+    del values
+    assert [r.ctypes.data for r in io.read(handles)] == addresses
+    for var, want in zip(variables, (3.0, 4.5, 6.0)):
+        np.testing.assert_array_equal(var.numpy(), np.full(var.shape, want, np.float32))
+
+
+def test_variable_io_runs_on_the_calling_thread():
+    """inline_call runs a traced function's body on the caller's thread (calling the function itself hands it
+    to TF's inter-op pool): the body's ops see this thread, and it computes what TF's own call does."""
+    import threading
+
+    from opencann.frontends.tensorflow.adapter import inline_call
+    from tests.tf.harness import tf
+
+    threads = []
+    v = tf.Variable(np.arange(3, dtype=np.float32))
+
+    @tf.function(autograph=False)
+    def body(handle, x):
+        seen = tf.numpy_function(lambda a: threads.append(threading.get_ident()) or a, [x], tf.float32)
+        tf.raw_ops.AssignVariableOp(resource=handle, value=seen * 2.0)
+        return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.float32) + 1.0
+
+    cf = body.get_concrete_function(v.handle, tf.TensorSpec([3], tf.float32))
+    (out,) = inline_call(cf)([v.handle, tf.constant([1.0, 2.0, 3.0])], 1)
+    np.testing.assert_array_equal(out.numpy(), [3, 5, 7])
+    np.testing.assert_array_equal(v.numpy(), [2, 4, 6])
+    np.testing.assert_array_equal(cf(v.handle, tf.constant([0.5, 1.0, 1.5])).numpy(), [2, 3, 4])  # TF's own call
+    assert threads[0] == threading.get_ident()
 
 
 def test_blas_threads_during_a_step(monkeypatch):
@@ -385,11 +459,44 @@ def test_div_no_nan_and_sparse_cross_entropy_match_tensorflow():
         np.testing.assert_array_equal(out, tf.math.divide_no_nan(x, y).numpy())
         assert out.dtype == np.float32 and out.shape == (3, 4)
     assert tf_ops.div_no_nan(np.float32(2), np.ones((2, 1), np.float32)).shape == (2, 1)
+    for a, b in ((3, 0), (np.nan, 0), (1, np.nan), (-1, -0.0), (0, 0), (1, 3), (-2, 7)):  # two scalars
+        a, b = np.array(a, np.float32), np.array(b, np.float32)
+        out = tf_ops.div_no_nan(a, b)
+        assert out.dtype == np.float32 and out.shape == ()
+        np.testing.assert_array_equal(out, tf.math.divide_no_nan(a, b).numpy())
+        assert np.signbit(out) == np.signbit(tf.math.divide_no_nan(a, b).numpy())
     logits, labels = 4 * rng.standard_normal((9, 6)).astype(np.float32), rng.integers(0, 6, 9).astype(np.int32)
     loss, grad = tf_ops.sparse_softmax_cross_entropy(logits, labels)
     tf_loss, tf_grad = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
     np.testing.assert_allclose(loss, tf_loss.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, tf_grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(32, 10), (7, 1000)])
+def test_sparse_cross_entropy_rounds_once_from_float64(shape):
+    """The compiled float32 path against float64 math: within one rounding (TF's float32 arithmetic is not);
+    a NaN logit makes its row NaN; float64 logits take NumPy's path; out-of-range labels are errors."""
+    from opencann.errors import AclError
+
+    rng = np.random.default_rng(6)
+    logits, labels = 6 * rng.standard_normal(shape).astype(np.float32), rng.integers(0, shape[1], shape[0])
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    want_grad = np.exp(logp)
+    want_grad[np.arange(shape[0]), labels] -= 1
+    for dtype, rtol in ((np.float32, 1e-7), (np.float64, 1e-12)):
+        loss, grad = tf_ops.sparse_softmax_cross_entropy(logits.astype(dtype), labels.astype(np.int32))
+        assert loss.dtype == grad.dtype == dtype
+        np.testing.assert_allclose(loss, -logp[np.arange(shape[0]), labels], rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=rtol)
+    logits[1, 3] = np.nan
+    loss, grad = tf_ops.sparse_softmax_cross_entropy(logits, labels)
+    assert np.isnan(loss[1]) and np.isnan(grad[1]).all() and not np.isnan(loss[[0, 2]]).any()
+    for bad in (-1, shape[1]):
+        labels[2] = bad
+        for dtype in (np.float32, np.float64):
+            with pytest.raises(AclError, match=f"label {bad} is outside"):
+                tf_ops.sparse_softmax_cross_entropy(logits.astype(dtype), labels)
 
 
 def test_update_pool_hands_out_only_buffers_nothing_else_holds():

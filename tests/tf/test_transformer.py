@@ -41,13 +41,21 @@ def assert_inference_matches(tf_model, oc_model, x, y):
 
 
 def test_transformer_adamw_trains_like_tensorflow():
-    """170 samples: the last batch of each epoch is short, so Keras traces a dynamic batch dimension."""
+    """170 samples: the last batch of each epoch is short, so Keras traces a dynamic batch dimension. The attention
+    projections' biases go into their GEMMs' epilogues (their gradients' sums lose a reshape) and the score scale
+    into the softmax and its gradient."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((170, 12, 16)).astype(np.float32), rng.integers(0, 4, 170)
     tf_losses, oc_losses, tf_model, oc_model, adapter = fit_both(encoder_classifier, x, y, epochs=2)
     assert_losses_match(tf_losses, oc_losses)
     assert_attention_weights_match(tf_model, oc_model)
     assert train_step_calls(adapter) == len(oc_losses)
+    step = max(adapter.programs.values(), key=lambda p: p.calls).executor.plan.graph
+    folded = [(n.op, n.attrs.get("scale")) for n in step.nodes if n.op in ("ScaledSoftmax", "SoftmaxGrad")]
+    scale = float(np.float32(8 ** -0.5))
+    assert folded == [("ScaledSoftmax", scale), ("SoftmaxGrad", scale)]
+    assert sum(n.name.endswith("/biased") and n.op == "FusedMatMul" for n in step.nodes) == 3  # query, key, value
+    assert sum(n.name.endswith("/squeezed") for n in step.nodes) == 3  # and their bias gradients
     assert_inference_matches(tf_model, oc_model, x[:48], y[:48])
 
 

@@ -28,6 +28,7 @@ from opencann.compiler.passes.fuse_training import (
     batch_list_ops,
     chain_scalars,
     chain_updates,
+    fold_attention,
     fold_transposes,
     hoist_invariants,
     merge_chains,
@@ -35,7 +36,7 @@ from opencann.compiler.passes.fuse_training import (
 from opencann.compiler.pipeline import BuildOptions, compile_graph
 from opencann.errors import AclError, ErrorCode
 from opencann.frontends.tensorflow.importer import Context, build_graph, convert_ops, tensor_type
-from opencann.ops.tf_ops import ALIGNMENT, pooled
+from opencann.ops.tf_ops import ALIGNMENT, pooled, sole_split_view
 from opencann.runtime import workers
 from opencann.runtime.executor import Executor
 
@@ -108,7 +109,7 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     host_values = [v for h in ctx.host_inputs for v in h.values]
     ir = build_graph(ctx, inputs + host_values, outputs, name=graph.name)
     compiled = compile_graph(ir, options or BuildOptions())
-    _aligned_updates(fold_transposes(compiled.graph), len(outputs))
+    _aligned_updates(fold_attention(fold_transposes(compiled.graph)), len(outputs))
     chain_scalars(merge_chains(chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])))
     batch_list_ops(hoist_invariants(compiled.graph))
     if dump:
@@ -161,6 +162,17 @@ class _Eager:
         self.execute = pywrap_tfe.TFE_Py_FastPathExecute
         self.context = context.context()
         self.tensor = ops.EagerTensor
+        self.devices: dict[str, str | None] = {}
+
+    def device(self) -> str | None:
+        """The device argument for new tensors: None (the host, ~5 us less a tensor: no copy to a device by
+        name) where the current device name places a tensor there anyway (e.g. "", no device scope)."""
+        name = self.context.device_name
+        if name not in self.devices:
+            probe = np.zeros(1, np.float32)
+            host = self.tensor(probe, None, None).device == self.tensor(probe, name, None).device
+            self.devices[name] = None if host else name
+        return self.devices[name]
 
     def next_batch(self, host: HostInput, iterator) -> list:
         if host.shapes is None:
@@ -175,7 +187,7 @@ class _Eager:
 
     def wrap(self, value):
         if type(value) is np.ndarray and value.dtype.kind in "biuf":
-            return self.tensor(value if value.flags.writeable else value.copy(), self.context.device_name, None)
+            return self.tensor(value if value.flags.writeable else value.copy(), self.device(), None)
         import tensorflow as tf
 
         return tf.convert_to_tensor(value)
@@ -183,47 +195,34 @@ class _Eager:
 
 class VariableIO:
     """Reads a program's variables in one TF call and writes the assigned ones back in another: two traced
-    functions over the variables' handles, run by TF's single-threaded executor directly (one eager op per
-    variable costs ~3x more). A read is zero-copy, a read-only view of TF's buffer (TF copies on its next
-    write while the view lives). A write hands TF the new arrays, which it adopts without copying when
-    aligned, so each must be the caller's alone (see :func:`handoff`). Each array handed to TF costs ~10 us,
-    so variables of a static shape under :data:`PACK_LIMIT` elements (unfused NumPy results, unaligned: TF
-    would copy them anyway) travel packed, one flat array per dtype that the write function splits."""
+    functions over the variables' handles, run by TF's single-threaded executor on the calling thread
+    (:func:`inline_call`; one eager op per variable costs ~3x more). A read is zero-copy, a read-only view of
+    TF's buffer (TF copies on its next write while the view lives). A write hands TF the new arrays, which it
+    adopts without copying when aligned, so each must be the caller's alone (see :func:`handoff`). Each variable
+    crosses as its own array: with tensors made on the host directly (:meth:`_Eager.device`), packing the small
+    ones into one array per dtype measured ~5% slower in the step."""
 
-    PACK_LIMIT = 1 << 14  # elements; fuse_elementwise's MIN_ELEMENTS: larger results are FusedUpdate's, aligned
-
-    def __init__(self, reads: tuple[list, list], writes: tuple[list, list, list]):
-        """``reads``: (handles, TF dtypes); ``writes``: (handles, TF dtypes, static shapes or None)."""
-        import itertools
-
+    def __init__(self, reads: tuple[list, list], writes: tuple[list, list]):
+        """``reads``, ``writes``: (handles, TF dtypes) of the variables read and of those written."""
         import tensorflow as tf
-        from tensorflow.python import pywrap_tfe
 
-        (read_handles, read_dtypes), (write_handles, write_dtypes, write_shapes) = reads, writes
-        self.writing = writing = _Packing(write_dtypes, write_shapes)
+        (read_handles, read_dtypes), (write_handles, write_dtypes) = reads, writes
 
         @tf.function(autograph=False)
         def read(handles):
             return [tf.raw_ops.ReadVariableOp(resource=h, dtype=d) for h, d in zip(handles, read_dtypes)]
 
         @tf.function(autograph=False)
-        def write(handles, values, flat):
-            for i, x in zip(writing.singles, values):
-                tf.raw_ops.AssignVariableOp(resource=handles[i], value=x, validate_shape=False)
-            for members, pack in zip(writing.packs, flat):
-                for i, piece in zip(members, tf.split(pack, [writing.sizes[i] for i in members])):
-                    tf.raw_ops.AssignVariableOp(resource=handles[i], value=tf.reshape(piece, write_shapes[i]))
+        def write(handles, values):
+            for h, x in zip(handles, values):
+                tf.raw_ops.AssignVariableOp(resource=h, value=x, validate_shape=False)
 
         fast = eager()
         self.functions = (read.get_concrete_function(list(read_handles)),  # alive: TF keeps their definitions
                           write.get_concrete_function(list(write_handles),
-                                                      [tf.TensorSpec(None, write_dtypes[i]) for i in writing.singles],
-                                                      [tf.TensorSpec([None], write_dtypes[m[0]])
-                                                       for m in writing.packs]))
-        self.names = [f.function_def.signature.name for f in self.functions]
-        attrs = {**fast.context.function_call_options.as_attrs(), "executor_type": "SINGLE_THREADED_EXECUTOR"}
-        self.attrs = tuple(itertools.chain(*attrs.items()))  # the inline executor: ~30% less CPU a call
-        self.execute, self.context, self.tensor = pywrap_tfe.TFE_Py_Execute, fast.context, fast.tensor
+                                                      [tf.TensorSpec(None, d) for d in write_dtypes]))
+        self.calls = [inline_call(f) for f in self.functions]
+        self.tensor, self.device = fast.tensor, fast.device
 
     def read(self, handles: list) -> list[np.ndarray]:
         """The variables' values (views of TF's buffers, read-only)."""
@@ -233,33 +232,33 @@ class VariableIO:
         """Assign ``values`` (arrays nothing else holds, in the variables' dtypes) to the variables."""
         if not handles:
             return
-        device = self.context.device_name
-        tensors = [self.tensor(values[i], device, None) for i in self.writing.singles]
-        for members in self.writing.packs:
-            tensors.append(self.tensor(np.concatenate([values[i] for i in members], axis=None), device, None))
-        self._run(1, [*handles, *tensors], 0)
+        device = self.device()
+        self._run(1, [*handles, *(self.tensor(value, device, None) for value in values)], 0)
 
     def _run(self, which: int, inputs: list, n_outputs: int) -> list:
-        return self.execute(self.context._handle, self.context.device_name, self.names[which], inputs, self.attrs,
-                            n_outputs)
+        return self.calls[which](inputs, n_outputs)
 
 
-class _Packing:
-    """Which variables cross alone (``singles``) and which packed, one flat array per dtype (``packs``)."""
+def inline_call(cf):
+    """Runs the concrete function ``cf`` (``call(inputs, n_outputs)``) on the calling thread: one
+    ``StatefulPartitionedCall`` op executed eagerly, whose single-threaded executor runs the body inline.
+    (Calling the function itself hands its body to TF's inter-op pool and waits for it: two thread
+    hand-offs, ~40% more wall time a call on a busy machine.)"""
+    import itertools
 
-    def __init__(self, dtypes: list, shapes: list):
-        self.sizes = [None if s is None else int(np.prod(s, dtype=np.int64)) for s in shapes]
-        packs: dict[Any, list[int]] = {}
-        for i, (dtype, size) in enumerate(zip(dtypes, self.sizes)):
-            if size is not None and size < VariableIO.PACK_LIMIT:
-                packs.setdefault(dtype, []).append(i)
-        self.packs = list(packs.values())
-        self.packed = frozenset(i for members in self.packs for i in members)
-        self.singles = [i for i in range(len(dtypes)) if i not in self.packed]
+    from tensorflow.python import pywrap_tfe
 
+    context = eager().context
+    signature = cf.function_def.signature
+    attrs = {"Tin": [a.type for a in signature.input_arg], "Tout": [a.type for a in signature.output_arg],
+             "f": signature.name, "config": "", "config_proto": context.function_call_options.config_proto_serialized,
+             "executor_type": "SINGLE_THREADED_EXECUTOR"}  # the inline executor: ~30% less CPU a call
+    flat, execute = tuple(itertools.chain(*attrs.items())), pywrap_tfe.TFE_Py_Execute
 
-def _static(t) -> tuple | None:
-    return tuple(t.shape) if getattr(t, "is_static", False) else None
+    def call(inputs: list, n_outputs: int) -> list:
+        return execute(context._handle, context.device_name, "StatefulPartitionedCall", inputs, flat, n_outputs)
+
+    return call
 
 
 def _view(tensor) -> np.ndarray:
@@ -324,22 +323,19 @@ def _tf_dtype(dtype: np.dtype):
     return tf.as_dtype(dtype) if dtype.kind != "V" else tf.bfloat16
 
 
-def handoff(values: list, dtypes: list[np.dtype], packed: frozenset = frozenset()) -> list[np.ndarray]:
+def handoff(values: list, dtypes: list[np.dtype]) -> list[np.ndarray]:
     """``values`` as arrays TensorFlow may keep: it adopts an aligned array's buffer instead of copying it
     and may later update it in place, so each stays itself only when it is a new contiguous array of its
     variable's dtype that nothing else holds; a weight of the graph, a view of another array, a read of
     TF's own buffer, or a value also returned or listed twice is copied. (A FusedUpdate pool's buffer has the
-    pool's reference too, which reuses it only once nothing else holds it.) The values at positions ``packed``
-    only need their dtype: :meth:`VariableIO.write` copies them into its packs."""
+    pool's reference too, which reuses it only once nothing else holds it; a merged chain's result is one of
+    disjoint views of a block only they hold, :func:`~opencann.ops.tf_ops.sole_split_view`.)"""
     out = []
     for i, dtype in enumerate(dtypes):
         value = values[i]  # references: ``values``, ``value``, getrefcount's argument (and an UpdatePool's)
-        if i in packed and type(value) is np.ndarray and value.dtype == dtype:
-            out.append(value)
-            continue
         fresh = (type(value) is np.ndarray and value.dtype == dtype and value.flags.writeable
                  and value.flags.c_contiguous and sys.getrefcount(value) <= 3 + pooled(value)
-                 and (value.base is None or _sole_view(value)))
+                 and (value.base is None or _sole_view(value) or sole_split_view(value)))
         out.append(value if fresh else np.array(value, dtype))
     return out
 
@@ -365,8 +361,7 @@ def run_program(program: Program, args: list, threads: StepThreads | None = None
     if program.io is None:
         program.io = VariableIO(
             ([args[pos] for _, pos, _ in program.variables], [_tf_dtype(dtype) for *_, dtype in program.variables]),
-            ([args[pos] for pos, _ in program.assigned], [_tf_dtype(dtype) for _, dtype in program.assigned],
-             [_static(v.type) for v in program.executor.plan.graph.outputs[n_out:]]))
+            ([args[pos] for pos, _ in program.assigned], [_tf_dtype(dtype) for _, dtype in program.assigned]))
     for (key, _, _), value in zip(program.variables, program.io.read([args[pos] for _, pos, _ in program.variables])):
         feeds[key] = value
     if threads is not None:
@@ -378,7 +373,7 @@ def run_program(program: Program, args: list, threads: StepThreads | None = None
     new = results[n_out:]
     del results[n_out:]
     program.io.write([args[pos] for pos, _ in program.assigned],
-                     handoff(new, [dtype for _, dtype in program.assigned], program.io.writing.packed))
+                     handoff(new, [dtype for _, dtype in program.assigned]))
     flat, it = [], iter(results[:n_out])
     for entry in program.outputs:
         if entry == 1:
