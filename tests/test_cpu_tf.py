@@ -130,6 +130,31 @@ def test_direct_convs_err_like_the_gemm_against_float64(case, wide):
         assert np.abs(got - exact).max() <= 1e-6 * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("case", ["first_layer", "second_layer", "direct_wide_pads", "explicit", "dilated_few"])
+@pytest.mark.parametrize("relu", [0, 1])
+def test_conv_with_bias_and_relu_matches_biasadd_then_relu(case, relu, wide):
+    """A bias input (and ``relu=1``): the direct kernels start each sum with the bias and clamp at 0, the im2col
+    path adds and clamps after the GEMM; both as BiasAdd(+Relu) after the reference conv within rounding, NaN
+    kept; NCHW and float64 take the reference, which adds after the conv."""
+    x, w, _ = operands(case)
+    b = RNG.standard_normal(w.shape[-1]).astype(np.float32)
+    x[0, 1, 1, 0] = np.nan
+    kw = attrs(case)
+    want = tf_nn.tf_conv(x, w, **kw) + b
+    want = np.maximum(want, np.float32(0)) if relu else want
+    got = cpu_tf.tf_conv(x, w, b, relu=relu, **kw)
+    assert (np.isnan(got) == np.isnan(want)).all() and np.isnan(got).any()
+    close(np.nan_to_num(got), np.nan_to_num(want))
+    if relu:
+        assert got[~np.isnan(got)].min() == 0
+    np.testing.assert_array_equal(tf_nn.tf_conv(x, w, b, relu=relu, **kw), want)
+    close(np.nan_to_num(np.moveaxis(cpu_tf.tf_conv(nchw(x), w, b, relu=relu, **attrs(case, "NCHW")), 1, -1)),
+          np.nan_to_num(got))
+    got64 = cpu_tf.tf_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), relu=relu, **kw)
+    assert got64.dtype == np.float64
+    close(np.nan_to_num(got64).astype(np.float32), np.nan_to_num(want))
+
+
 def test_direct_groups_cover_rows_with_fewest_outputs(wide, monkeypatch):
     assert [cpu_tf._direct_group(16, 32, 9, wo) for wo in (7, 8, 13, 14, 26, 28)] == [None, 8, 13, 8, 13, 8]
     assert cpu_tf._direct_group(16, 48, 9, 13) is None and cpu_tf._direct_group(16, 32, 1, 13) is None

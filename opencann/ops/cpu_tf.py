@@ -320,14 +320,17 @@ def _padded(x, geom, b0: int, b1: int) -> np.ndarray:
     return xp
 
 
-def _direct_conv(x, w, y, geom, group: int) -> None:
-    """``y`` = the conv of NHWC ``x`` with the ``(kh, kw, c, m)`` filter ``w`` at ``geom``, by :func:`_direct`
-    over each piece's images, zero-padded (one piece on one thread: each output's sum is the same in any piece)."""
+def _direct_conv(x, w, y, geom, group: int, bias=None, relu: bool = False) -> None:
+    """``y`` = the conv of NHWC ``x`` with the ``(kh, kw, c, m)`` filter ``w`` at ``geom`` by :func:`_direct` over
+    each piece's images, zero-padded (one piece on one thread: each output's sum is the same in any piece). A
+    ``bias`` starts each output's sum (not bit-identical to adding it afterwards: within an ulp or two); ``relu``
+    clamps the results at 0 (NaN stays NaN)."""
     wd = _direct_weights(w, geom[5])
-    zero, inf = np.zeros(w.shape[3], F32), np.float32(np.inf)
+    zero, inf = np.zeros(w.shape[3], F32) if bias is None else np.ascontiguousarray(bias), np.float32(np.inf)
+    lo = np.float32(0) if relu else -inf
 
     def piece(b0, b1):
-        _direct(_padded(x, geom, b0, b1), wd, y[b0:b1], *geom[2:6], group, zero, -inf, inf)
+        _direct(_padded(x, geom, b0, b1), wd, y[b0:b1], *geom[2:6], group, zero, lo, inf)
     n = len(x)
     _each(_tiles(n, geom[8] * geom[9] * w[..., 0].size) if workers.size() > 1 else [(0, n)], piece)
 
@@ -727,12 +730,14 @@ def _fits(out, shape, *inputs) -> bool:
 
 
 @kernel("TFConv", "cpu", domain=DOMAIN)
-def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(), data_format="NHWC",
-            out=None):
+def tf_conv(input, filter, bias=None, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(),
+            data_format="NHWC", relu=0, out=None):
     if input.dtype != F32 or filter.dtype != F32 or input.ndim != 4 or filter.ndim != 4 or \
-            tf_nn._last_shape(input.shape, data_format)[-1] != filter.shape[2]:
-        return tf_nn.tf_conv(input, filter, strides=strides, padding=padding, explicit_paddings=explicit_paddings,
-                             dilations=dilations, data_format=data_format)
+            tf_nn._last_shape(input.shape, data_format)[-1] != filter.shape[2] or \
+            (bias is not None and (bias.dtype != F32 or bias.shape != filter.shape[3:])):
+        return tf_nn.tf_conv(input, filter, bias, strides=strides, padding=padding,
+                             explicit_paddings=explicit_paddings, dilations=dilations, data_format=data_format,
+                             relu=relu)
     x = np.ascontiguousarray(tf_nn._to_last(input, data_format))
     kernel_, strides_, dilations_, (ho, wo), begin = tf_nn.window_geometry(
         x.shape, filter.shape[:2], strides, dilations, padding, explicit_paddings, data_format)
@@ -743,7 +748,7 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
     y = out if last and _fits(out, (n, ho, wo, m), input, filter) else np.empty((n, ho, wo, m), F32)
     group = _direct_group(c, m, kernel_[0] * kernel_[1], wo)
     if group:
-        _direct_conv(x, filter, y, geom, group)
+        _direct_conv(x, filter, y, geom, group, bias, bool(relu))
         return tf_nn._from_last(y, data_format)
     w2 = np.ascontiguousarray(filter).reshape(k, m)
     fn = blas.sgemm_address()
@@ -756,6 +761,10 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
             sgemm(cols, w2, y[b0:b1].reshape(-1, m), trans_a=tap_major)
     with blas.OneThread():
         _each(_tiles(n, ho * wo * k), piece)
+    if bias is not None:
+        np.add(y, bias, out=y)
+    if relu:
+        np.maximum(y, F32.type(0), out=y)
     return tf_nn._from_last(y, data_format)
 
 

@@ -140,8 +140,10 @@ def _infer_conv(node: Node) -> list:
 
 
 @op("TFConv", domain=DOMAIN, infer=_infer_conv)
-def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(), data_format="NHWC"):
-    """Conv2D / Conv3D with TF's ``(*k, C / groups, M)`` filter (grouped when C is a multiple of its C)."""
+def tf_conv(input, filter, bias=None, *, strides=(), padding="VALID", explicit_paddings=(), dilations=(),
+            data_format="NHWC", relu=0):
+    """Conv2D / Conv3D with TF's ``(*k, C / groups, M)`` filter (grouped when C is a multiple of its C); an
+    optional ``(M,)`` ``bias`` is added to the result as BiasAdd would (then Relu where ``relu``)."""
     nd = filter.ndim - 2
     dt = compute_dtype(input.dtype)
     xl = _to_last(input.astype(dt, copy=False), data_format)
@@ -157,6 +159,10 @@ def tf_conv(input, filter, *, strides=(), padding="VALID", explicit_paddings=(),
     a = cols.reshape(rows, groups, filter.shape[-2] * math.prod(kernel)).transpose(1, 0, 2)  # (g, rows, Cg * K)
     y = np.matmul(a, _group_filter(filter.astype(dt, copy=False), groups))  # (g, rows, Mg)
     y = y.transpose(1, 0, 2).reshape(xl.shape[0], *out, filter.shape[-1])
+    if bias is not None:
+        y = y + bias.astype(dt, copy=False)
+    if relu:
+        y = np.maximum(y, dt.type(0))
     return _from_last(y, data_format).astype(input.dtype, copy=False)
 
 

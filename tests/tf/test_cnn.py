@@ -413,3 +413,25 @@ def test_mean_gradient_tile_and_relu_grad_fuse_as_a_broadcast(reps):
     copying.nodes[0].inputs[1] = Value("reps2", const=np.array([2, 1, 1, 1], np.int64))
     copying.nodes[0].outputs[0].type = TensorType(np.float32, (8, *copying.nodes[0].outputs[0].type.shape[1:]))
     assert not fusion.fusible(copying.nodes[0])
+
+
+def test_benchmark_cnn_with_bias_and_relu_in_the_conv_trains_like_tensorflow():
+    """fuse_tf_conv: the stem conv takes its bias and Relu, the second its bias (out of its batch-norm statistics'
+    group); losses and weights match TensorFlow's."""
+    x, y = images((28, 28, 1), n=64, classes=10)
+    runs = []
+    for on in (False, True):
+        keras.utils.set_random_seed(0)
+        model = benchmark_cnn()
+        adapter = oc.enable() if on else None
+        try:
+            history = model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0)
+        finally:
+            oc.disable()
+        runs.append((history.history["loss"], model))
+    convs = [n for n in max(adapter.programs.values(), key=lambda p: p.calls).executor.plan.graph.nodes
+             if n.op == "TFConv"]
+    assert [(len(n.inputs), n.attrs.get("relu")) for n in convs] == [(3, 1), (3, 0)]
+    (tf_loss, tf_model), (oc_loss, oc_model) = runs
+    np.testing.assert_allclose(oc_loss, tf_loss, rtol=1e-4)
+    assert_weights_match(tf_model, oc_model)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from opencann.compiler.ir import Value
+from opencann.compiler.passes.fuse_tf_conv import fuse_tf_conv
 from opencann.compiler.passes.fuse_training import (
     batch_list_ops,
     chain_scalars,
@@ -111,7 +112,7 @@ def compile_function(cf, options: BuildOptions | None = None, dump: str | None =
     compiled = compile_graph(ir, options or BuildOptions())
     _aligned_updates(fold_attention(fold_transposes(compiled.graph)), len(outputs))
     chain_scalars(merge_chains(chain_updates(compiled.graph, compiled.graph.outputs[len(outputs):])))
-    batch_list_ops(hoist_invariants(compiled.graph))
+    batch_list_ops(hoist_invariants(fuse_tf_conv(compiled.graph)))
     if dump:
         os.makedirs(dump, exist_ok=True)
         with open(os.path.join(dump, f"{graph.name}.txt"), "w", encoding="utf-8") as f:
