@@ -113,7 +113,7 @@ def sparse_softmax_cross_entropy(features, labels):
     classes = features.shape[-1]
     if features.dtype == np.float32 and features.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
         loss, grad = np.empty(features.shape[0], np.float32), np.empty(features.shape, np.float32)
-        bad = _xent_jit()(np.ascontiguousarray(features), labels.astype(np.int64, copy=False), loss, grad)
+        bad = _jit(_sparse_xent)(np.ascontiguousarray(features), labels.astype(np.int64, copy=False), loss, grad)
         if bad < 0:
             return loss, grad
         _bad_label(labels[bad], classes)
@@ -132,17 +132,17 @@ def _bad_label(label, classes: int):
                    f"valid range [0, {classes})")
 
 
-_xent_kernel = None
+_compiled: dict = {}
 
 
-def _xent_jit():
-    """:func:`_sparse_xent`'s compiled kernel (Numba imported at the first use)."""
-    global _xent_kernel
-    if _xent_kernel is None:
+def _jit(fn):
+    """``fn`` compiled by Numba, once (Numba imported at the first use)."""
+    compiled = _compiled.get(fn)
+    if compiled is None:
         import numba
 
-        _xent_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_sparse_xent)
-    return _xent_kernel
+        compiled = _compiled[fn] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+    return compiled
 
 
 def _sparse_xent(features, labels, loss, grad):
@@ -624,30 +624,32 @@ def elementwise_chain(*inputs, ops, operands, results):
     """ONNX elementwise ops (:data:`CHAIN_UFUNCS`) run in order as their NumPy ufuncs: op ``k`` reads slots
     ``operands[2k]`` and ``operands[2k+1]`` (-1: unary) of the inputs followed by the results so far;
     returns the slots ``results`` (made by :mod:`opencann.compiler.passes.fuse_training`)."""
-    slots = list(inputs)
-    with np.errstate(all="ignore"):
-        for k, name in enumerate(ops):
-            a, b = operands[2 * k], operands[2 * k + 1]
-            slots.append(CHAIN_UFUNCS[name](slots[a]) if b < 0 else CHAIN_UFUNCS[name](slots[a], slots[b]))
-    out = tuple(slots[i] for i in results)
-    return out[0] if len(out) == 1 else out
+    return _bind_chain(ops=ops, operands=operands, results=results)(*inputs)
+
+
+def _bind_chain(*, ops, operands, results):
+    """:func:`elementwise_chain` with its attributes bound: each op's ufunc and operand slots looked up once."""
+    steps = [(CHAIN_UFUNCS[name], operands[2 * k], operands[2 * k + 1]) for k, name in enumerate(ops)]
+    results = list(results)
+    single = results[0] if len(results) == 1 else None
+
+    def run(*inputs):
+        slots = list(inputs)
+        with np.errstate(all="ignore"):
+            for ufunc, a, b in steps:
+                slots.append(ufunc(slots[a]) if b < 0 else ufunc(slots[a], slots[b]))
+        return slots[single] if single is not None else tuple(slots[i] for i in results)
+
+    return run
+
+
+elementwise_chain.bind_attrs = _bind_chain
 
 
 CHAIN_CODES = {name: k for k, name in enumerate(("Add", "Sub", "Mul", "Div", "Sqrt", "Neg", "Abs"))}  # _run_chains
 _LANES = 16  # float32 elements in ALIGNMENT bytes
 _ZEROS = np.zeros(_LANES, np.float32)
 _CHAIN_BLOCK = 256  # elements per pass over the ops: a block's rows stay in L1 (512 spilled at 15 ops: 18% slower)
-_chain_kernel = None
-
-
-def _chain_jit():
-    """:func:`_run_chains`' compiled kernel (Numba imported at the first merged chain)."""
-    global _chain_kernel
-    if _chain_kernel is None:
-        import numba
-
-        _chain_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_run_chains)
-    return _chain_kernel
 
 
 def _run_chains(x, s, codes, operands, results, out):
@@ -737,7 +739,7 @@ def _bind_chains(*, ops, operands, results, shared, pieces, n_inputs):
         raw = np.empty(len(results) * x.shape[1] + _LANES, dtype)
         first = -raw.__array_interface__["data"][0] % ALIGNMENT // dtype.itemsize
         out = raw[first:first + len(results) * x.shape[1]].reshape(len(results), x.shape[1])
-        _chain_jit()(x, np.array(inputs[n_own:], dtype), *layout, out)
+        _jit(_run_chains)(x, np.array(inputs[n_own:], dtype), *layout, out)
         outs, start = [], 0
         for p in range(pieces):
             end = start + sizes[p]

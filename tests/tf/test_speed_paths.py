@@ -375,6 +375,72 @@ def test_two_step_threads_are_opencanns_workers_and_the_libraries_run_one():
     assert pools() == before
 
 
+
+def test_step_threads_set_only_the_counts_not_at_one_and_restore_them():
+    """A step reads each library's count and sets only those not already 1, back to their value after it."""
+    from opencann.frontends.tensorflow.adapter import StepThreads
+
+    threads = StepThreads(1)
+    with threads:  # the first step adds Numba's calls
+        pass
+    counts, calls = {"one": 1, "three": 3}, []
+
+    def setter(key):
+        return lambda n: calls.append((key, n)) or counts.__setitem__(key, n)
+
+    threads.counts = [(lambda key=key: counts[key], setter(key)) for key in counts]
+    with threads:
+        assert counts == {"one": 1, "three": 1}
+    assert calls == [("three", 1), ("three", 3)] and counts == {"one": 1, "three": 3}
+
+
+def test_step_threads_call_the_libraries_own_counts():
+    """The C calls StepThreads uses read and set the counts Numba and threadpoolctl report."""
+    import numba
+    from threadpoolctl import ThreadpoolController
+
+    from opencann.frontends.tensorflow.adapter import _library_counts, _numba_counts
+
+    get, set_count = _numba_counts()
+    before = numba.get_num_threads()
+    assert get() == before
+    set_count(1)
+    try:
+        assert numba.get_num_threads() == 1
+    finally:
+        set_count(before)
+    assert numba.get_num_threads() == before
+    for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        get, set_count = _library_counts(lib)
+        before = lib.num_threads
+        assert get() == before
+        set_count(1)
+        try:
+            assert lib.num_threads == 1
+        finally:
+            set_count(before)
+        assert lib.num_threads == before
+
+
+def test_bound_elementwise_chain_is_numpys_ufuncs():
+    """The executor's bound ElementwiseChain (ufuncs looked up once) gives NumPy's values, inf and nan included,
+    without warnings; one result comes back bare, several as a tuple."""
+    import warnings
+
+    x, y = np.array([1.0, -2.0, 0.0, 9.0], np.float32), np.array([0.0, 4.0, 0.0, -1.0], np.float32)
+    attrs = dict(ops=["Div", "Sqrt", "Sub"], operands=[0, 1, 1, -1, 3, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        diff, quotient = tf_ops._bind_chain(**attrs, results=[4, 2])(x, y)
+        single = tf_ops._bind_chain(**attrs, results=[2])(x, y)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(quotient, x / y)
+        np.testing.assert_array_equal(diff, np.sqrt(y) - x)
+    assert diff.dtype == np.float32 and isinstance(single, np.ndarray)
+    np.testing.assert_array_equal(single, quotient)
+    assert tf_ops.elementwise_chain.bind_attrs is tf_ops._bind_chain
+    np.testing.assert_array_equal(tf_ops.elementwise_chain(x, y, **attrs, results=[4]), diff)
+
 def test_fast_kernels_are_the_cpu_kernels():
     from opencann.ops import registry
 

@@ -74,6 +74,15 @@ class Program:
     io: Any = None  # the VariableIO, made at the first call (it needs the variables' handles)
     owner: Any = None  # the concrete function, kept alive while its id keys the cache
 
+    def __post_init__(self):
+        """What each call needs, made once: the variables' graph inputs, the argument positions read and
+        written, the written dtypes, the number of flat results."""
+        self.read_keys = [key for key, _, _ in self.variables]
+        self.reads = [pos for _, pos, _ in self.variables]
+        self.writes = [pos for pos, _ in self.assigned]
+        self.write_dtypes = [dtype for _, dtype in self.assigned]
+        self.n_out = sum(c if isinstance(c, int) else c[1] for c in self.outputs)
+
 
 def resource_position(key: str) -> int:
     return int(key.removeprefix("resource"))
@@ -285,37 +294,69 @@ class StepThreads:
     threads (:mod:`opencann.runtime.workers`) and the libraries run one thread each: MKL for the calling thread,
     Numba, and OpenBLAS. Their pools meet at barriers that wait for a descheduled worker on a busy machine, and
     their idle workers spin (OpenBLAS's for tens of milliseconds after each call, GNU OpenMP's ~3.5 ms), taking
-    the other core from every kernel and from TF; the workers claim pieces one at a time and sleep when idle."""
+    the other core from every kernel and from TF; the workers claim pieces one at a time and sleep when idle.
+    The counts are read and set through the libraries' own C calls (threadpoolctl's and Numba's Python layers
+    cost ~10 us a step hot, several times that cold), and one already at 1 is left alone."""
 
     def __init__(self, n: int):
-        import numba
         from threadpoolctl import ThreadpoolController
 
         from opencann.ops import blas
 
         self.n = n
-        self.libs = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
-                     if lib.internal_api != "mkl"]
+        self.counts = [_library_counts(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+                       if lib.internal_api != "mkl"]
         self.mkl = blas.library()  # loaded now: its count is set per step, for this thread only
-        self.numba = numba
+        self.started = False  # Numba's calls join ``counts`` at the first step (they start its threading layer)
         self.saved: list[int] = []
+        self.size = 1
 
     def __enter__(self):
-        self.saved = [lib.num_threads for lib in self.libs] + [self.numba.get_num_threads(), workers.size()]
-        for lib in self.libs:
-            lib.set_num_threads(1)
+        if not self.started:
+            self.counts.append(_numba_counts())
+            self.started = True
+        self.saved = saved = [get() for get, _ in self.counts]
+        for (_, set_count), n in zip(self.counts, saved):
+            if n != 1:
+                set_count(1)
         if self.mkl is not None:
             self.mkl.MKL_Set_Num_Threads_Local(1)
-        self.numba.set_num_threads(1)
+        self.size = workers.size()
         workers.set_size(self.n)
 
     def __exit__(self, *exc):
-        for lib, n in zip(self.libs, self.saved):
-            lib.set_num_threads(n)
+        for (_, set_count), n in zip(self.counts, self.saved):
+            if n != 1:
+                set_count(n)
         if self.mkl is not None:
             self.mkl.MKL_Set_Num_Threads_Local(0)  # back to the process-wide count
-        self.numba.set_num_threads(self.saved[-2])
-        workers.set_size(self.saved[-1])
+        workers.set_size(self.size)
+
+
+def _library_counts(lib) -> tuple:
+    """(get, set) of a BLAS library's thread count: its C functions where threadpoolctl names them (OpenBLAS: the
+    same symbols threadpoolctl calls), else threadpoolctl's own calls."""
+    layer = getattr(lib, "threading_layer", None)
+    symbols = ("omp_get_max_threads", "omp_set_num_threads") if layer == "openmp" else \
+        ("openblas_get_num_threads", "openblas_set_num_threads")
+    functions = [getattr(lib, "_get_symbol", lambda _: None)(name) for name in symbols] \
+        if lib.internal_api == "openblas" else [None, None]
+    if None in functions:
+        return lambda: lib.num_threads, lib.set_num_threads
+    return tuple(functions)
+
+
+def _numba_counts() -> tuple:
+    """(get, set) of Numba's thread count for the calling thread: its threading layer's C functions (started
+    here), else Numba's Python calls."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    numba.get_num_threads()  # starts the threading layer, which binds the C functions
+    get, set_count = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)
+    if get is None or set_count is None:
+        return numba.get_num_threads, numba.set_num_threads
+    return get, set_count
 
 
 def _tf_dtype(dtype: np.dtype):
@@ -358,23 +399,21 @@ def run_program(program: Program, args: list, threads: StepThreads | None = None
     for host in program.host_inputs:
         for v, value in zip(host.values, fast.next_batch(host, args[resource_position(host.resource)])):
             feeds[v.name] = _view(value)
-    n_out = sum(c if isinstance(c, int) else c[1] for c in program.outputs)
     if program.io is None:
         program.io = VariableIO(
-            ([args[pos] for _, pos, _ in program.variables], [_tf_dtype(dtype) for *_, dtype in program.variables]),
-            ([args[pos] for pos, _ in program.assigned], [_tf_dtype(dtype) for _, dtype in program.assigned]))
-    for (key, _, _), value in zip(program.variables, program.io.read([args[pos] for _, pos, _ in program.variables])):
-        feeds[key] = value
+            ([args[pos] for pos in program.reads], [_tf_dtype(dtype) for *_, dtype in program.variables]),
+            ([args[pos] for pos in program.writes], [_tf_dtype(dtype) for dtype in program.write_dtypes]))
+    feeds.update(zip(program.read_keys, program.io.read([args[pos] for pos in program.reads])))
     if threads is not None:
         with threads:
             results = program.executor.run(feeds)
     else:
         results = program.executor.run(feeds)
     feeds.clear()  # drop the views of TF's buffers: TF then writes into them in place
+    n_out = program.n_out
     new = results[n_out:]
     del results[n_out:]
-    program.io.write([args[pos] for pos, _ in program.assigned],
-                     handoff(new, [dtype for _, dtype in program.assigned]))
+    program.io.write([args[pos] for pos in program.writes], handoff(new, program.write_dtypes))
     flat, it = [], iter(results[:n_out])
     for entry in program.outputs:
         if entry == 1:
