@@ -16,7 +16,7 @@ kernel of explicit AVX-512 vectors (:func:`opencann.ops.cpu_conv._stem_run`) kee
 registers over all taps of a zero-padded copy of the images; the input gradient of a stride-1 conv is the same
 kernel over the padded ``dy`` with the flipped, channel-transposed filter, and the filter gradient has one of its
 own (:func:`_filter_grad_run`: 12 or 16 channel-taps, or a one-channel input's nine taps, summed over all pixels in
-registers, with the bias gradient's sums of ``dy`` when the importer fused a BiasAddGrad). On AVX-512 hosts
+registers, with the bias gradient's sums of ``dy`` when ``fuse_tf_conv`` joined a BiasAddGrad). On AVX-512 hosts
 (elsewhere they spill registers and the im2col path serves) they run at about the FMA units' peak, 1.3-2x the im2col
 path's speed, in plain float32 sums (errors like the GEMM's). Max pooling and MaxPoolGrad are direct Numba loops
 over NHWC windows, vectorized over channels; MaxPoolGrad routes each window's gradient to its first maximum, as

@@ -255,7 +255,7 @@ def _infer_filter_grad(node: Node) -> list:
 def conv_backprop_filter(input, filter_sizes, out_backprop, *, strides=(), padding="VALID", explicit_paddings=(),
                          dilations=(), data_format="NHWC", depthwise=0, bias_grad=0):
     """Conv2DBackpropFilter / Conv3DBackpropFilterV2 / DepthwiseConv2dNativeBackpropFilter (``depthwise=1``); with
-    ``bias_grad=1`` (the TF importer's fusion of a BiasAddGrad of the same ``out_backprop``) also that gradient."""
+    ``bias_grad=1`` (``fuse_tf_conv.fuse_bias_grads``: a BiasAddGrad of the same ``out_backprop``) that one too."""
     sizes = tuple(int(s) for s in filter_sizes)
     dy, x_last, kernel, strides, dilations, begin, groups, grouped = _conv_geometry(
         input.shape, sizes, out_backprop, strides, padding, explicit_paddings, dilations, data_format, depthwise)

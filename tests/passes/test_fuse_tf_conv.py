@@ -100,3 +100,50 @@ def test_a_statistics_group_gives_its_bias_add_to_the_conv(return_sum):
     got = Executor(fused).run(data)
     for g, e in zip(got, want, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+
+
+def filter_and_bias_grads(order: str, read_between: bool = False) -> Graph:
+    """``ConvBackpropFilter(x, sizes, dy)`` and ``BiasAddGrad(dy)`` (``order``: which comes first), and optionally a
+    node between them reading the bias gradient."""
+    x, dy = Value("x", TensorType(F32, (4, 10, 10, 3))), Value("dy", TensorType(F32, (4, 8, 8, 16)))
+    sizes = Value("sizes", const=np.array([3, 3, 3, 16], np.int32))
+    dw, db, twice = Value("dw"), Value("db"), Value("twice")
+    filter_grad = Node("ConvBackpropFilter", [x, sizes, dy], [dw], CONV, domain="opencann")
+    bias_grad = Node("BiasAddGrad", [dy], [db], {"data_format": "NHWC"}, domain="opencann")
+    nodes = [filter_grad, bias_grad] if order == "filter_first" else [bias_grad, filter_grad]
+    if read_between:
+        nodes.insert(1, Node("Add", [db, db], [twice]))
+    return infer_shapes(Graph(inputs=[x, dy], outputs=[dw, db] + ([twice] if read_between else []), nodes=nodes,
+                              initializers=[sizes], opsets={"": 17, "opencann": 1}))
+
+
+@pytest.mark.parametrize("order", ["filter_first", "bias_first"])
+def test_a_bias_gradient_joins_its_filter_gradient(order):
+    data = {"x": RNG.standard_normal((4, 10, 10, 3)).astype(np.float32),
+            "dy": RNG.standard_normal((4, 8, 8, 16)).astype(np.float32)}
+    want = Executor(filter_and_bias_grads(order)).run(data)
+    fused = fuse_tf_conv(filter_and_bias_grads(order))
+    assert ops(fused) == ["ConvBackpropFilter"] and fused.nodes[0].attrs["bias_grad"] == 1
+    assert [v.name for v in fused.nodes[0].outputs] == ["dw", "db"]
+    got = Executor(fused).run(data)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["filter_first", "bias_first"])
+def test_a_bias_gradient_read_before_its_filter_gradient_can_run_joins_where_it_can(order):
+    """Bias gradient first and read before the filter gradient: the filter gradient moves up to it (its inputs are
+    graph inputs); filter gradient first: the joint node stays first."""
+    fused = fuse_tf_conv(filter_and_bias_grads(order, read_between=True))
+    assert ops(fused) == ["ConvBackpropFilter", "Add"]
+    fused.validate()
+
+
+def test_a_bias_gradient_read_before_its_filter_gradients_inputs_exist_stays_apart():
+    graph = filter_and_bias_grads("bias_first", read_between=True)
+    x0, conv = Value("x0", graph.inputs[0].type), graph.nodes[-1]
+    graph.inputs[0] = x0
+    graph.nodes.insert(2, Node("Relu", [x0], [conv.inputs[0]]))  # x is made after the bias gradient's reader
+    graph.validate()
+    before = ops(graph)
+    assert ops(fuse_tf_conv(graph)) == before and "bias_grad" not in graph.nodes[-1].attrs

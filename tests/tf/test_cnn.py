@@ -332,7 +332,7 @@ def test_relu_gradient_after_max_pool_gradient_is_fused(ksize, strides, padding)
 @pytest.mark.parametrize("c, m", [(16, 32), (1, 16), (3, 5)], ids=["direct", "direct_one_channel", "gemm"])
 def test_bias_gradient_of_a_conv_fuses_into_its_filter_gradient(c, m):
     """A conv's BiasAddGrad is summed by its filter gradient's pass over the same output gradient (``bias_grad=1``,
-    one node, whichever the importer meets first), with TensorFlow's values; NCHW too."""
+    one node: ``fuse_tf_conv.fuse_bias_grads``), with TensorFlow's values; NCHW too."""
     x = RNG.standard_normal((2, 9, 10, c)).astype(np.float32)
     w = (RNG.standard_normal((3, 3, c, m)) / np.sqrt(9 * c)).astype(np.float32)  # outputs ~1: loss_of is tame
     b = RNG.standard_normal(m).astype(np.float32)

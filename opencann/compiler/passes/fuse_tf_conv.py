@@ -1,4 +1,4 @@
-"""Fold a TF convolution's BiasAdd (and a Relu after it) into the TFConv.
+"""Fold a TF convolution's BiasAdd (and a Relu after it) into the TFConv, and its BiasAddGrad into its filter gradient.
 
 After elementwise fusion, ``TFConv(x, w)`` whose only reader is an ``Add(conv, b)`` or a FusedElementwise group
 computing just that or ``Relu(Add(conv, b))``, with a float32 ``(M,)`` bias on a channels-last conv, becomes
@@ -8,6 +8,9 @@ place; the pre-activation value goes (the backward reads the activation: ReluGra
 BiasAddGrad reads ``dy``). A larger group whose body only adds the bias to its conv input (a batch norm's
 statistics after a conv) loses that Add and the bias input: the biased conv output comes in instead, and where the
 group returned the sum, the conv now produces that value.
+
+:func:`fuse_bias_grads`: a ``BiasAddGrad(dy)`` and a ``ConvBackpropFilter(x, sizes, dy)`` of the same ``dy`` and
+data format become one filter gradient with ``bias_grad=1`` (its second output: one pass over ``dy`` for both).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ DOMAIN = "opencann"
 
 
 def fuse_tf_conv(graph: Graph) -> Graph:
-    """Fold every eligible TFConv -> bias(+Relu) pair in place; returns ``graph``."""
+    """Fold every eligible TFConv -> bias(+Relu) pair, then :func:`fuse_bias_grads`; in place, returns ``graph``."""
     readers = readers_of(graph)
     moved: dict[int, list[Node]] = {}  # id(node) -> what takes its place (a folded conv moves to its reader)
     for n in graph.nodes:
@@ -27,7 +30,48 @@ def fuse_tf_conv(graph: Graph) -> Graph:
             conv, keep = folded
             moved[id(conv)], moved[id(n)] = [], [conv, n] if keep else [conv]
     graph.nodes = [m for n in graph.nodes for m in moved.get(id(n), [n])]
+    return fuse_bias_grads(graph)
+
+
+def fuse_bias_grads(graph: Graph) -> Graph:
+    """Each non-depthwise ``ConvBackpropFilter`` takes the ``BiasAddGrad`` of its ``dy`` (same data format) as its
+    second output (``bias_grad=1``), at the earlier of the two places where its inputs are ready (else at its own,
+    when nothing between reads the bias gradient; else the two stay apart). In place; returns ``graph``."""
+    sums: dict[tuple, Node] = {}
+    for n in graph.nodes:
+        if n.op == "BiasAddGrad" and n.domain == DOMAIN and len(n.outputs) == 1:
+            sums.setdefault((n.inputs[0].name, n.attrs.get("data_format", "NHWC")), n)
+    for conv in list(graph.nodes):
+        if conv.op != "ConvBackpropFilter" or conv.domain != DOMAIN or conv.attrs.get("depthwise") or \
+                conv.attrs.get("bias_grad") or len(conv.outputs) != 1 or len(conv.inputs) != 3:
+            continue
+        total = sums.pop((conv.inputs[2].name, conv.attrs.get("data_format", "NHWC")), None)
+        at = None if total is None else _joint_place(graph.nodes, conv, total)
+        if at is None:
+            continue
+        conv.attrs["bias_grad"] = 1
+        conv.outputs.append(total.outputs[0])
+        total.outputs[0].producer = conv
+        rest = [n for n in graph.nodes if n is not conv and n is not total]
+        rest.insert(at, conv)
+        graph.nodes = rest
     return graph
+
+
+def _joint_place(nodes: list[Node], conv: Node, total: Node) -> int | None:
+    """Where the filter gradient with ``total``'s output can run, as an index into ``nodes`` without the two."""
+    where = {id(n): k for k, n in enumerate(nodes)}
+    first, last = sorted((where[id(conv)], where[id(total)]))
+    made_before = {v.name for n in nodes[:first] for v in n.outputs}
+    if all(v is None or v.producer is None or v.name in made_before for v in conv.inputs):
+        return first
+    name = total.outputs[0].name
+    between = nodes[first + 1:last]
+    if where[id(conv)] == last and not any(name in {v.name for v in n.inputs if v is not None} or
+                                           any(name in g.outer_names() for g in n.subgraphs.values())
+                                           for n in between):
+        return last - 1
+    return None
 
 
 def _eligible(node: Node, readers: dict) -> Node | None:

@@ -4,15 +4,14 @@ Forward ops map onto ONNX ``Conv``, ``MaxPool``, ``AveragePool`` and ``BatchNorm
 with Transposes around them for channels-last data (``NHWC``/``NDHWC``) and for TF's ``(*k, in, out)``
 filters; a depthwise filter ``(*k, C, M)`` becomes a grouped ``Conv`` with C groups. TF's ``SAME``
 padding is ONNX's ``SAME_UPPER``. Gradient ops and training-mode fused batch norm are kernels of the
-``opencann`` domain with TF's semantics and attributes (:mod:`opencann.ops.tf_nn`); a Conv2D filter gradient
-also takes the BiasAddGrad of its output gradient (``bias_grad=1``: one pass over it for both).
+``opencann`` domain with TF's semantics and attributes (:mod:`opencann.ops.tf_nn`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from opencann.errors import AclError, ErrorCode
-from opencann.frontends.tensorflow.importer import Context, tensor_type, tf_op
+from opencann.frontends.tensorflow.importer import Context, tf_op
 
 GRADS = {"Conv2DBackpropInput": ("ConvBackpropInput", 0), "Conv3DBackpropInputV2": ("ConvBackpropInput", 0),
          "DepthwiseConv2dNativeBackpropInput": ("ConvBackpropInput", 1),
@@ -145,36 +144,7 @@ def conv_grad(ctx: Context, op):
     inputs = ctx.inputs(op)
     at = 0 if kernel == "ConvBackpropInput" else 1
     inputs[at] = _static_sizes(ctx, op.inputs[at]) or inputs[at]
-    attrs = dict(domain="opencann", depthwise=depthwise, **_tf_conv_attrs(ctx, op, rank))
-    bias = _bias_grad_of_dy(ctx, op, inputs[2]) if op.type == "Conv2DBackpropFilter" else None
-    if bias is None:
-        return [ctx.node(kernel, inputs, **attrs)]
-    dw, db = ctx.node(kernel, inputs, n_outputs=2, bias_grad=1, **attrs)  # one pass over dy for both
-    done = ctx.values.get(bias.outputs[0].ref())
-    if done is None:  # the BiasAddGrad's turn comes later: it finds its output converted
-        if db.type is None or getattr(db.type, "shape", 0) is None:
-            db.type = tensor_type(bias.outputs[0])
-        ctx.values[bias.outputs[0].ref()] = db
-    else:  # converted already: the fused node produces its output instead (the graph is sorted after)
-        fused, unfused = ctx.nodes[-1], done.producer
-        fused.outputs[1], done.producer = done, fused
-        ctx.nodes[:] = [n for n in ctx.nodes if n is not unfused]
-    return [dw]
-
-
-def _bias_grad_of_dy(ctx: Context, op, dy):
-    """The BiasAddGrad (same data format) of a filter gradient's ``dy``, not converted yet or converted as one
-    opencann BiasAddGrad node of ``dy``; else None."""
-    fmt = ctx.attr(op, "data_format", "NHWC")
-    for c in op.inputs[2].consumers():
-        if c.type != "BiasAddGrad" or ctx.attr(c, "data_format", "NHWC") != fmt:
-            continue
-        done = ctx.values.get(c.outputs[0].ref())
-        node = done.producer if done is not None else None
-        if done is None or node is not None and (node.domain, node.op) == ("opencann", "BiasAddGrad") and \
-                node.inputs[0] is dy and any(n is node for n in ctx.nodes):
-            return c
-    return None
+    return [ctx.node(kernel, inputs, domain="opencann", depthwise=depthwise, **_tf_conv_attrs(ctx, op, rank))]
 
 
 def _static_sizes(ctx: Context, t):
