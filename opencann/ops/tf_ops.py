@@ -107,18 +107,11 @@ def _infer_sparse_cross_entropy(node):
 
 @op("SparseSoftmaxCrossEntropyWithLogits", domain=DOMAIN, infer=_infer_sparse_cross_entropy)
 def sparse_softmax_cross_entropy(features, labels):
-    """(loss per example, gradient w.r.t. the logits). A float32 batch takes one compiled pass per row in
-    float64 (:func:`_sparse_xent`: ~3x faster than NumPy's passes at Keras' sizes, each result rounded once);
-    other dtypes compute in NumPy. A label outside ``[0, classes)`` is an error, as in TensorFlow."""
+    """(loss per example, gradient w.r.t. the logits). A label outside ``[0, classes)`` is an error, as in
+    TensorFlow."""
     classes = features.shape[-1]
-    if features.dtype == np.float32 and features.ndim == 2 and labels.ndim == 1 and labels.dtype.kind in "iu":
-        loss, grad = np.empty(features.shape[0], np.float32), np.empty(features.shape, np.float32)
-        bad = _jit(_sparse_xent)(np.ascontiguousarray(features), labels.astype(np.int64, copy=False), loss, grad)
-        if bad < 0:
-            return loss, grad
-        _bad_label(labels[bad], classes)
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        _bad_label(labels.min() if labels.min() < 0 else labels.max(), classes)
+        bad_label(labels.min() if labels.min() < 0 else labels.max(), classes)
     logp = _log_softmax(features)
     rows = np.arange(features.shape[0])
     loss = -logp[rows, labels.astype(np.int64)]
@@ -127,43 +120,9 @@ def sparse_softmax_cross_entropy(features, labels):
     return loss.astype(features.dtype), grad.astype(features.dtype)
 
 
-def _bad_label(label, classes: int):
+def bad_label(label, classes: int):
     raise AclError(ErrorCode.INVALID_PARAM, f"SparseSoftmaxCrossEntropyWithLogits: label {label} is outside the "
                    f"valid range [0, {classes})")
-
-
-_compiled: dict = {}
-
-
-def _jit(fn):
-    """``fn`` compiled by Numba, once (Numba imported at the first use)."""
-    compiled = _compiled.get(fn)
-    if compiled is None:
-        import numba
-
-        compiled = _compiled[fn] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
-    return compiled
-
-
-def _sparse_xent(features, labels, loss, grad):
-    """Loss and logit gradient per row of ``features`` in float64 (log-sum-exp shifted by the row maximum);
-    returns -1, or the first row whose label is out of range."""
-    n, c = features.shape
-    for i in range(n):
-        label = labels[i]
-        if label < 0 or label >= c:
-            return i
-        top = features[i, 0]
-        for j in range(1, c):
-            top = max(top, features[i, j])
-        total = 0.0
-        for j in range(c):
-            total += np.exp(np.float64(features[i, j]) - top)
-        lse = np.log(total) + top
-        for j in range(c):
-            grad[i, j] = np.exp(np.float64(features[i, j]) - lse) - (j == label)
-        loss[i] = lse - features[i, label]
-    return -1
 
 
 @op("SoftmaxCrossEntropyWithLogits", domain=DOMAIN)
@@ -652,6 +611,29 @@ _ZEROS = np.zeros(_LANES, np.float32)
 _CHAIN_BLOCK = 256  # elements per pass over the ops: a block's rows stay in L1 (512 spilled at 15 ops: 18% slower)
 
 
+_chain_kernel = None
+
+
+def _chain_jit():
+    """:func:`_run_chains`' compiled kernel (Numba imported at the first merged chain)."""
+    global _chain_kernel
+    if _chain_kernel is None:
+        import numba
+
+        _chain_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")(_run_chains)
+    return _chain_kernel
+
+
+def _compile_chains(layout: tuple) -> None:
+    """Compile (or load) :func:`_run_chains` for float32 data and ``layout``'s arrays now, not at the first step:
+    Numba keeps the tracebacks of typing attempts, and with them the frames of the first call's caller, whose
+    result block would then look held by someone else (:func:`sole_split_view`) and be copied."""
+    from numba import typeof, types
+
+    rows = types.float32[:, ::1]
+    _chain_jit().compile((rows, types.float32[::1], *(typeof(a) for a in layout), rows))
+
+
 def _run_chains(x, s, codes, operands, results, out):
     """The ops ``codes`` over the columns of ``x`` (one row per chain input) in blocks; operand ``j`` of op ``k``
     is ``operands[k, j]``: a row of ``x`` (< ``len(x)``), an op's result (``len(x)`` + op), or a scalar
@@ -720,6 +702,7 @@ def elementwise_chains(*inputs, ops, operands, results, shared, pieces, n_inputs
 def _bind_chains(*, ops, operands, results, shared, pieces, n_inputs):
     """:func:`elementwise_chains` with its attributes bound (the compiled kernel's operand layout made once)."""
     n_shared, layout = len(shared), _chain_layout(ops, operands, results, shared, n_inputs)
+    _compile_chains(layout)
 
     def run(*inputs):
         n_own = len(inputs) - n_shared
@@ -739,7 +722,7 @@ def _bind_chains(*, ops, operands, results, shared, pieces, n_inputs):
         raw = np.empty(len(results) * x.shape[1] + _LANES, dtype)
         first = -raw.__array_interface__["data"][0] % ALIGNMENT // dtype.itemsize
         out = raw[first:first + len(results) * x.shape[1]].reshape(len(results), x.shape[1])
-        _jit(_run_chains)(x, np.array(inputs[n_own:], dtype), *layout, out)
+        _chain_jit()(x, np.array(inputs[n_own:], dtype), *layout, out)
         outs, start = [], 0
         for p in range(pieces):
             end = start + sizes[p]

@@ -543,6 +543,7 @@ def test_sparse_cross_entropy_rounds_once_from_float64(shape):
     """The compiled float32 path against float64 math: within one rounding (TF's float32 arithmetic is not);
     a NaN logit makes its row NaN; float64 logits take NumPy's path; out-of-range labels are errors."""
     from opencann.errors import AclError
+    from opencann.ops import cpu_tf
 
     rng = np.random.default_rng(6)
     logits, labels = 6 * rng.standard_normal(shape).astype(np.float32), rng.integers(0, shape[1], shape[0])
@@ -551,18 +552,18 @@ def test_sparse_cross_entropy_rounds_once_from_float64(shape):
     want_grad = np.exp(logp)
     want_grad[np.arange(shape[0]), labels] -= 1
     for dtype, rtol in ((np.float32, 1e-7), (np.float64, 1e-12)):
-        loss, grad = tf_ops.sparse_softmax_cross_entropy(logits.astype(dtype), labels.astype(np.int32))
+        loss, grad = cpu_tf.sparse_softmax_cross_entropy(logits.astype(dtype), labels.astype(np.int32))
         assert loss.dtype == grad.dtype == dtype
         np.testing.assert_allclose(loss, -logp[np.arange(shape[0]), labels], rtol=rtol, atol=rtol)
         np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=rtol)
     logits[1, 3] = np.nan
-    loss, grad = tf_ops.sparse_softmax_cross_entropy(logits, labels)
+    loss, grad = cpu_tf.sparse_softmax_cross_entropy(logits, labels)
     assert np.isnan(loss[1]) and np.isnan(grad[1]).all() and not np.isnan(loss[[0, 2]]).any()
     for bad in (-1, shape[1]):
         labels[2] = bad
         for dtype in (np.float32, np.float64):
             with pytest.raises(AclError, match=f"label {bad} is outside"):
-                tf_ops.sparse_softmax_cross_entropy(logits.astype(dtype), labels)
+                cpu_tf.sparse_softmax_cross_entropy(logits.astype(dtype), labels)
 
 
 def test_update_pool_hands_out_only_buffers_nothing_else_holds():
