@@ -1,6 +1,7 @@
 """Fast CPU kernels for TensorFlow-domain training ops: 2-D convolution (TFConv) and its gradients, max
 pooling (TFMaxPool) and its gradient, fused batch norm and its gradient, BiasAddGrad, ReluGrad, stateless
-uniform random floats (dropout masks) and the fused optimizer updates.
+uniform random floats (dropout masks), the sparse softmax cross-entropy (one float64 pass per row) and the fused
+optimizer updates.
 
 The reference kernels of :mod:`opencann.ops.tf_nn`, :mod:`opencann.ops.tf_ops` and :mod:`opencann.ops.tf_training`
 stay the oracle and the fallback (other dtypes, ranks, grouped and depthwise filters, broadcast operands). float32
